@@ -1,0 +1,106 @@
+"""The one place that calls FAISS: an id-mapped inner-product index, its search and its files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+from numpy.typing import ArrayLike
+
+from index.errors import IndexFormatError, VectorError
+from index.fsutil import replacing, sha256_file
+
+
+def as_float32_rows(x: ArrayLike) -> np.ndarray:
+    """``x`` as a 2-D, C-contiguous float32 array of finite values, else VectorError."""
+    if np.iscomplexobj(x):
+        raise VectorError("vectors must be real numbers, not complex")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise VectorError(f"vectors must be numbers convertible to float32: {exc}") from exc
+    if arr.ndim != 2:
+        raise VectorError(f"vectors must be a 2-D (n, dim) array, not shape {arr.shape}")
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise VectorError(
+            f"vectors must be finite: {bad.size} row(s) hold NaN or infinity "
+            f"(first: row {bad[0]}, after conversion to float32)"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def new_flat_index(dim: int) -> faiss.IndexIDMap2:
+    """An empty exact inner-product index over ``dim``-d vectors, keyed by caller-chosen ids."""
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def dim(index: faiss.Index) -> int:
+    return int(index.d)
+
+
+def ntotal(index: faiss.Index) -> int:
+    return int(index.ntotal)
+
+
+def _as_ids(ids: ArrayLike) -> np.ndarray:
+    return np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+
+
+def add_with_ids(index: faiss.Index, vectors: ArrayLike, ids: ArrayLike) -> None:
+    """Add one vector per id."""
+    rows = as_float32_rows(vectors)
+    keys = _as_ids(ids)
+    if rows.shape[0] != keys.shape[0]:
+        raise VectorError(f"{rows.shape[0]} vectors but {keys.shape[0]} ids")
+    if keys.size:
+        index.add_with_ids(rows, keys)
+
+
+def remove_ids(index: faiss.Index, ids: ArrayLike) -> int:
+    """Remove the vectors under ``ids``; returns how many were there."""
+    keys = _as_ids(ids)
+    if not keys.size:
+        return 0
+    return int(index.remove_ids(keys))
+
+
+def search(index: faiss.Index, queries: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (m, k') float32 and ids (m, k') int64 of the best k' = min(k, ntotal) per query,
+    best first, so that FAISS never pads with id -1."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    rows = as_float32_rows(queries)
+    kk = min(k, ntotal(index))
+    if kk == 0 or rows.shape[0] == 0:
+        return np.empty((rows.shape[0], 0), np.float32), np.empty((rows.shape[0], 0), np.int64)
+    scores, ids = index.search(rows, kk)
+    return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+
+
+def write_index(index: faiss.Index, path: str | os.PathLike[str]) -> str:
+    """Replace the file at ``path`` with ``index`` atomically; returns the file's hex sha256."""
+    with replacing(path) as tmp:
+        faiss.write_index(index, str(tmp))
+        digest = sha256_file(tmp)
+    return digest
+
+
+def read_index(path: str | os.PathLike[str], *, sha256: str | None = None) -> faiss.Index:
+    """Read an index written by ``write_index``. With ``sha256``, the file's content must have
+    that hash (checked before FAISS parses it). IndexFormatError when it cannot be used."""
+    data = Path(path).read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise IndexFormatError(f"{path} does not have the expected sha256 {sha256}")
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise IndexFormatError(f"{path} is not a readable FAISS index: {exc}") from exc
+    if not isinstance(index, faiss.IndexIDMap2) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexFormatError(f"{path} holds a {type(index).__name__}, not an id-mapped IP index")
+    return index

@@ -1,0 +1,295 @@
+"""SQLite records of an index, its source of truth: items with their vectors, and a generation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from index.errors import IndexFormatError
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    label TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX items_label ON items(label);
+CREATE INDEX items_sha256 ON items(sha256);
+CREATE INDEX items_path ON items(path);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+INSERT INTO meta(key, value) VALUES ('generation', '0');
+COMMIT;
+"""
+
+# Stays below SQLITE_MAX_VARIABLE_NUMBER of every SQLite build (999 before 3.32).
+_CHUNK = 500
+_FETCH = 4096
+
+
+class Row(NamedTuple):
+    """One item as stored, without its vector."""
+
+    id: int
+    label: str
+    path: str
+    sha256: str
+    added_at: str
+
+
+_ROW_COLUMNS = "id, label, path, sha256, added_at"
+_INSERT = "INSERT INTO items(label, path, sha256, added_at, vector) VALUES (?, ?, ?, ?, ?)"
+
+
+def _chunks(values: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class RecordDB:
+    """``records.sqlite``: every write is one transaction that also bumps ``generation``.
+
+    Writers return the ids they touched with the generation their transaction committed, so a
+    caller can tell whether another connection wrote in between.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str]) -> RecordDB:
+        """A new database with the schema; the file must not exist."""
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists")
+        db = cls(cls._connect(str(path), uri=False), path)
+        try:
+            db._conn.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> RecordDB:
+        """An existing database, checked for the schema. IndexFormatError if it is not one."""
+        path = Path(path)
+        uri = path.resolve().as_uri() + "?mode=rw"
+        try:
+            db = cls(cls._connect(uri, uri=True), path)
+        except sqlite3.Error as exc:
+            raise IndexFormatError(f"{path} is not a readable index database: {exc}") from exc
+        try:
+            db._check_schema()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _connect(target: str, *, uri: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, uri=uri, timeout=30.0, isolation_level=None)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("%s: SQLite kept journal mode %s instead of WAL", target, mode)
+            conn.execute("PRAGMA synchronous=FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_schema(self) -> None:
+        try:
+            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master")}
+            missing = sorted({"items", "meta"} - tables)
+            if missing:
+                raise IndexFormatError(f"{self.path} lacks the table(s) {', '.join(missing)}")
+            if self.generation < 0:
+                raise IndexFormatError(f"{self.path} has a negative generation")
+        except sqlite3.Error as exc:
+            raise IndexFormatError(f"{self.path} is not a readable index database: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the same committed state."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self._conn
+        finally:
+            if self._conn.in_transaction:
+                self._conn.execute("COMMIT")
+
+    def _bump(self) -> int:
+        self._conn.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
+        )
+        return self.generation
+
+    @property
+    def generation(self) -> int:
+        """How many writes were committed; moves whenever the items change."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        try:
+            return int(row[0])
+        except (TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{self.path} has no valid generation in table meta") from exc
+
+    def insert(
+        self,
+        labels: Sequence[str],
+        paths: Sequence[str],
+        sha256s: Sequence[str],
+        vectors: np.ndarray,
+        added_at: str,
+    ) -> tuple[np.ndarray, int]:
+        """Insert items in one transaction; returns their new ids (int64) and the generation."""
+        rows = np.ascontiguousarray(vectors, dtype="<f4")
+        with self._write() as conn:
+            ids = [
+                conn.execute(_INSERT, (label, path, sha, added_at, vec.tobytes())).lastrowid
+                for label, path, sha, vec in zip(labels, paths, sha256s, rows, strict=True)
+            ]
+            generation = self._bump() if ids else self.generation
+        return np.array(ids, dtype=np.int64), generation
+
+    def _delete(self, ids: list[int]) -> tuple[np.ndarray, int]:
+        """Inside a write transaction: delete ``ids`` (all known to exist)."""
+        self._conn.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
+        generation = self._bump() if ids else self.generation
+        return np.array(sorted(ids), dtype=np.int64), generation
+
+    def delete_ids(self, ids: Iterable[int]) -> tuple[np.ndarray, int]:
+        """Delete the items with these ids; returns the ids that existed and the generation."""
+        wanted = sorted({int(i) for i in ids})
+        with self._write() as conn:
+            found = [
+                r[0]
+                for chunk in _chunks(wanted)
+                for r in conn.execute(
+                    f"SELECT id FROM items WHERE id IN ({_marks(len(chunk))})", chunk
+                )
+            ]
+            return self._delete(found)
+
+    def delete_label(self, label: str) -> tuple[np.ndarray, int]:
+        """Delete every item of ``label``; returns their ids and the generation."""
+        with self._write() as conn:
+            return self._delete(
+                [r[0] for r in conn.execute("SELECT id FROM items WHERE label = ?", (label,))]
+            )
+
+    def delete_path(self, path: str) -> tuple[np.ndarray, int]:
+        """Delete every item recorded with ``path``; returns their ids and the generation."""
+        with self._write() as conn:
+            return self._delete(
+                [r[0] for r in conn.execute("SELECT id FROM items WHERE path = ?", (path,))]
+            )
+
+    def lookup(self, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        """(label, path) of each id that exists."""
+        wanted = sorted({int(i) for i in ids})
+        out: dict[int, tuple[str, str]] = {}
+        for chunk in _chunks(wanted):
+            sql = f"SELECT id, label, path FROM items WHERE id IN ({_marks(len(chunk))})"
+            out.update((i, (label, path)) for i, label, path in self._conn.execute(sql, chunk))
+        return out
+
+    def rows(self, ids: Iterable[int] | None = None) -> list[Row]:
+        """Every item by id, or the items with ``ids`` in that order (unknown ids left out)."""
+        if ids is None:
+            sql = f"SELECT {_ROW_COLUMNS} FROM items ORDER BY id"
+            return [Row(*r) for r in self._conn.execute(sql)]
+        order = [int(i) for i in ids]
+        wanted = sorted(set(order))
+        found: dict[int, Row] = {}
+        for chunk in _chunks(wanted):
+            sql = f"SELECT {_ROW_COLUMNS} FROM items WHERE id IN ({_marks(len(chunk))})"
+            found.update((r[0], Row(*r)) for r in self._conn.execute(sql, chunk))
+        return [found[i] for i in order if i in found]
+
+    def find_sha256(self, sha256s: Iterable[str]) -> dict[str, Row]:
+        """The item holding each content hash that is present (the oldest if several are)."""
+        wanted = sorted(set(sha256s))
+        out: dict[str, Row] = {}
+        for chunk in _chunks(wanted):
+            sql = (
+                f"SELECT {_ROW_COLUMNS} FROM items WHERE sha256 IN ({_marks(len(chunk))}) "
+                "ORDER BY id"
+            )
+            for r in self._conn.execute(sql, chunk):
+                out.setdefault(r[3], Row(*r))
+        return out
+
+    def label_counts(self) -> dict[str, int]:
+        """Number of items per label, sorted by label."""
+        rows = self._conn.execute("SELECT label, COUNT(*) FROM items GROUP BY label")
+        return dict(sorted(rows))
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def generation_and_count(self) -> tuple[int, int]:
+        """Both read from the same committed state."""
+        with self._snapshot():
+            return self.generation, self.count()
+
+    def iter_vectors(self, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of (ids int64, vectors float32 (b, dim)) in id order."""
+        cursor = self._conn.execute("SELECT id, vector FROM items ORDER BY id")
+        while batch := cursor.fetchmany(_FETCH):
+            for i, blob in batch:
+                if len(blob) != 4 * dim:
+                    raise IndexFormatError(
+                        f"{self.path}: item {i} holds a vector of {len(blob)} bytes, "
+                        f"but the index holds {dim}-d float32 vectors ({4 * dim} bytes)"
+                    )
+            ids = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
+            flat = np.frombuffer(b"".join(blob for _, blob in batch), dtype="<f4")
+            yield ids, flat.reshape(len(batch), dim).astype(np.float32)
+
+    def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), vectors float32 (n, dim)) of every item, in id order."""
+        batches = list(self.iter_vectors(dim))
+        if not batches:
+            return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+        return (
+            np.concatenate([ids for ids, _ in batches]),
+            np.concatenate([vecs for _, vecs in batches]),
+        )
+
+    def snapshot(self, dim: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(generation, ids, vectors) read from the same committed state."""
+        with self._snapshot():
+            return (self.generation, *self.all_vectors(dim))

@@ -1,0 +1,469 @@
+"""IndexStore: SQLite records plus a derived FAISS index in one folder; ids are never reused."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import operator
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from index import backend
+from index.errors import (
+    IndexExistsError,
+    IndexFormatError,
+    IndexStoreError,
+    NotAnIndexError,
+    VectorError,
+)
+from index.fsutil import atomic_write_bytes, is_temp_of
+from index.manifest import Manifest, now_iso, read_manifest, write_manifest
+from index.records import RecordDB, Row
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+RECORDS = "records.sqlite"
+VECTORS = "vectors.faiss"
+SIDECAR = "vectors.faiss.json"
+_OWN_FILES = frozenset(
+    {MANIFEST, RECORDS, f"{RECORDS}-wal", f"{RECORDS}-shm", f"{RECORDS}-journal", VECTORS, SIDECAR}
+)
+_ATOMIC_FILES = (MANIFEST, VECTORS, SIDECAR)
+NORM_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One neighbour of a query: score is the cosine similarity, higher is closer."""
+
+    id: int
+    score: float
+    label: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One stored item, without its vector."""
+
+    id: int
+    label: str
+    path: str
+    sha256: str
+    added_at: str
+
+
+def _item(row: Row) -> Item:
+    return Item(*row)
+
+
+def _is_own(entry: Path) -> bool:
+    """Whether ``entry`` is a file an index writes (its own files, or their temp files)."""
+    if entry.is_dir():
+        return False
+    return entry.name in _OWN_FILES or any(is_temp_of(entry.name, n) for n in _ATOMIC_FILES)
+
+
+def _strings(values: Sequence[str], what: str, n: int) -> list[str]:
+    if isinstance(values, (str, bytes)):
+        raise TypeError(
+            f"{what} must be a sequence of strings, not a single {type(values).__name__}"
+        )
+    out = list(values)
+    if len(out) != n:
+        raise VectorError(f"{n} vectors but {len(out)} {what}: give one per vector")
+    for v in out:
+        if not isinstance(v, str):
+            raise TypeError(f"{what} must be strings, not {type(v).__name__} ({v!r})")
+    return [str(v) for v in out]
+
+
+def _as_ids(ids: Iterable[int]) -> np.ndarray:
+    arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+    if arr.size == 0:
+        return np.empty(0, np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(
+            f"ids must be a flat sequence of integers, not {arr.dtype} of shape {arr.shape}"
+        )
+    return arr.astype(np.int64)
+
+
+class IndexStore:
+    """An index folder: ``manifest.json``, ``records.sqlite`` (the truth) and ``vectors.faiss``
+    (a cache of it, rebuilt whenever it is missing, stale or altered).
+
+    Get one with ``create`` or ``open``. Every mutating call is committed before it returns.
+    Vectors are float32 L2-normalised rows; a search's score is the cosine similarity.
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, db: RecordDB, *, new: bool = False) -> None:
+        self._root = root
+        self._manifest = manifest
+        self._db: RecordDB | None = db
+        self._index: Any = None
+        self._generation = -1
+        if new:
+            self._rebuild()
+        else:
+            self._load()
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        dim: int,
+        model: dict[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> IndexStore:
+        """A new empty index at ``path`` (created with its parents).
+
+        Refused (IndexExistsError) where an index already is unless ``overwrite``, and always where
+        the folder holds other files. ``overwrite`` removes only the files of the old index.
+        """
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, not {dim!r}")
+        if not isinstance(model, dict):
+            raise TypeError(f"model must be a dict, not {type(model).__name__}")
+        try:
+            json.dumps(model, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model must be JSON-serialisable: {exc}") from exc
+        root = Path(path)
+        cls._clear_for_create(root, overwrite)
+        root.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest.new(dim, copy.deepcopy(model))
+        db = RecordDB.create(root / RECORDS)
+        try:
+            store = cls(root, manifest, db, new=True)
+            write_manifest(root / MANIFEST, manifest)
+        except BaseException:
+            db.close()
+            for entry in root.iterdir():
+                if _is_own(entry):
+                    entry.unlink(missing_ok=True)
+            raise
+        log.info("created index %s (dim %d)", root, dim)
+        return store
+
+    @staticmethod
+    def _clear_for_create(root: Path, overwrite: bool) -> None:
+        if not root.exists():
+            return
+        if not root.is_dir():
+            raise IndexExistsError(
+                f"{root} exists and is not a folder; cannot create an index there"
+            )
+        entries = sorted(root.iterdir())
+        own = [e for e in entries if _is_own(e)]
+        foreign = [e.name for e in entries if not _is_own(e)]
+        holds_index = (root / MANIFEST).is_file()
+        if not holds_index and foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise IndexExistsError(
+                f"{root} is not empty and is not an index (it holds {shown}); "
+                "refusing to create an index there"
+            )
+        if own and not overwrite:
+            what = "an index" if holds_index else "an incomplete index"
+            raise IndexExistsError(
+                f"{root} already holds {what}; pass overwrite=True to replace it"
+            )
+        for entry in own:
+            entry.unlink(missing_ok=True)
+        if own:
+            log.info("removed the index files in %s to create a new index", root)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> IndexStore:
+        """The index at ``path``. NotAnIndexError if there is none, IndexFormatError if it is
+        unreadable or newer than this code."""
+        root = Path(path)
+        if not root.exists():
+            raise NotAnIndexError(f"{root} is not an index: the folder does not exist")
+        if not root.is_dir():
+            raise NotAnIndexError(f"{root} is not an index: it is not a folder")
+        missing = [name for name in (MANIFEST, RECORDS) if not (root / name).is_file()]
+        if missing:
+            raise NotAnIndexError(f"{root} is not an index: it lacks {' and '.join(missing)}")
+        manifest = read_manifest(root / MANIFEST)
+        db = RecordDB.open(root / RECORDS)
+        try:
+            return cls(root, manifest, db)
+        except BaseException:
+            db.close()
+            raise
+
+    @staticmethod
+    def is_index(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is a folder holding an index's manifest and records."""
+        root = Path(path)
+        return (root / MANIFEST).is_file() and (root / RECORDS).is_file()
+
+    def close(self) -> None:
+        """Release the database; safe to call twice. Nothing is lost without it."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+            self._index = None
+
+    def __enter__(self) -> IndexStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"IndexStore({str(self._root)!r}, dim={self.dim})"
+
+    # --- properties -------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def dim(self) -> int:
+        return self._manifest.dim
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """A copy of the model entry the index was created with."""
+        return copy.deepcopy(self._manifest.model)
+
+    @property
+    def path(self) -> Path:
+        return self._root
+
+    def __len__(self) -> int:
+        return self._records().count()
+
+    # --- the FAISS cache --------------------------------------------------------------------
+
+    def _records(self) -> RecordDB:
+        if self._db is None:
+            raise IndexStoreError(f"the index store at {self._root} is closed")
+        return self._db
+
+    def _load(self) -> None:
+        """Make the in-memory FAISS index match the records: from the cache file if it is
+        current, else rebuilt from SQLite and the cache rewritten."""
+        generation, count = self._records().generation_and_count()
+        index = self._read_cache(generation, count)
+        if index is None:
+            n = self._rebuild()
+            log.info("rebuilt %s from %d records", self._root / VECTORS, n)
+        else:
+            self._index, self._generation = index, generation
+
+    def _rebuild(self) -> int:
+        """Build the FAISS index from the records and rewrite the cache; returns its size."""
+        generation, ids, vectors = self._records().snapshot(self.dim)
+        index = backend.new_flat_index(self.dim)
+        backend.add_with_ids(index, vectors, ids)
+        self._save_cache(index, generation)
+        self._index, self._generation = index, generation
+        return len(ids)
+
+    def _read_cache(self, generation: int, count: int) -> Any:
+        sidecar, vectors = self._root / SIDECAR, self._root / VECTORS
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            log.info("%s is missing; rebuilding %s", sidecar, vectors)
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s is unreadable (%s); rebuilding %s", sidecar, exc, vectors)
+            return None
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+            log.warning("%s is not a valid cache record; rebuilding %s", sidecar, vectors)
+            return None
+        if meta.get("generation") != generation:
+            log.info(
+                "%s is stale (generation %s, records at %d); rebuilding it",
+                vectors,
+                meta.get("generation"),
+                generation,
+            )
+            return None
+        try:
+            index = backend.read_index(vectors, sha256=meta["sha256"])
+        except FileNotFoundError:
+            log.info("%s is missing; rebuilding it", vectors)
+            return None
+        except (OSError, IndexFormatError) as exc:
+            log.warning("%s cannot be used (%s); rebuilding it", vectors, exc)
+            return None
+        if backend.dim(index) != self.dim or backend.ntotal(index) != count:
+            log.warning(
+                "%s holds %d %d-d vectors, records hold %d %d-d; rebuilding it",
+                vectors,
+                backend.ntotal(index),
+                backend.dim(index),
+                count,
+                self.dim,
+            )
+            return None
+        return index
+
+    def _save_cache(self, index: Any, generation: int) -> None:
+        """Rewrite the cache; a failure only costs a rebuild at the next open."""
+        try:
+            digest = backend.write_index(index, self._root / VECTORS)
+            record = {"generation": generation, "sha256": digest}
+            atomic_write_bytes(self._root / SIDECAR, json.dumps(record).encode("utf-8"))
+        except (OSError, RuntimeError) as exc:
+            log.warning(
+                "could not write %s (%s); it will be rebuilt when next opened",
+                self._root / VECTORS,
+                exc,
+            )
+
+    def _sync(self) -> None:
+        """Reload if another connection wrote since this one last looked."""
+        if self._records().generation != self._generation:
+            self._load()
+
+    def _apply(self, generation: int, change: Callable[[Any], object]) -> None:
+        """Follow a committed write: apply it in memory when it is the only one since the last
+        sync, else reload from the records; then rewrite the cache."""
+        if generation != self._generation + 1:
+            self._load()
+            return
+        try:
+            change(self._index)
+        except BaseException:
+            self._generation = -1
+            raise
+        self._generation = generation
+        self._save_cache(self._index, generation)
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def _check_vectors(self, vectors: ArrayLike, *, unit: bool) -> np.ndarray:
+        rows = backend.as_float32_rows(vectors)
+        if rows.shape[1] != self.dim:
+            raise VectorError(
+                f"vectors have {rows.shape[1]} dimensions, but the index at {self._root} holds "
+                f"{self.dim}-d vectors"
+            )
+        if unit and rows.shape[0]:
+            norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+            off = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
+            if off.size:
+                raise VectorError(
+                    f"vectors must be L2-normalised (norm 1 within {NORM_TOLERANCE}): {off.size} "
+                    f"row(s) are not, e.g. row {off[0]} has norm {norms[off[0]]:.6g}"
+                )
+        return rows
+
+    def add(
+        self,
+        vectors: ArrayLike,
+        labels: Sequence[str],
+        paths: Sequence[str],
+        sha256s: Sequence[str],
+    ) -> np.ndarray:
+        """Add one item per row of ``vectors`` (n, dim), unit rows, in one transaction.
+
+        Returns the new ids (int64, increasing, never used before). Nothing changes on error.
+        """
+        db = self._records()
+        rows = self._check_vectors(vectors, unit=True)
+        n = rows.shape[0]
+        labels = _strings(labels, "labels", n)
+        paths = _strings(paths, "paths", n)
+        sha256s = _strings(sha256s, "sha256s", n)
+        if n == 0:
+            return np.empty(0, np.int64)
+        ids, generation = db.insert(labels, paths, sha256s, rows, now_iso())
+        self._apply(generation, lambda index: backend.add_with_ids(index, rows, ids))
+        log.debug("added %d items to %s", n, self._root)
+        return ids
+
+    def _removed(self, ids: np.ndarray, generation: int) -> int:
+        if ids.size:
+            self._apply(generation, lambda index: backend.remove_ids(index, ids))
+            log.debug("removed %d items from %s", ids.size, self._root)
+        return int(ids.size)
+
+    def remove_ids(self, ids: Iterable[int]) -> int:
+        """Remove the items with these ids; returns how many existed."""
+        db = self._records()
+        wanted = _as_ids(ids)
+        if not wanted.size:
+            return 0
+        return self._removed(*db.delete_ids(wanted.tolist()))
+
+    def remove_label(self, label: str) -> int:
+        """Remove every item of ``label``; returns how many there were."""
+        if not isinstance(label, str):
+            raise TypeError(f"label must be a string, not {type(label).__name__}")
+        return self._removed(*self._records().delete_label(label))
+
+    def remove_path(self, path: str) -> int:
+        """Remove the item(s) recorded with exactly this path; returns how many there were."""
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a string, not {type(path).__name__}")
+        return self._removed(*self._records().delete_path(path))
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def search(self, vectors: ArrayLike, k: int) -> list[list[Hit]]:
+        """The at most min(k, len) nearest items of each query row, best (highest score) first."""
+        k = operator.index(k)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        db = self._records()
+        queries = self._check_vectors(vectors, unit=False)
+        if queries.shape[0] == 0:
+            return []
+        self._sync()
+        scores, ids = backend.search(self._index, queries, k)
+        known = db.lookup(ids[ids >= 0].tolist())
+        return [
+            [
+                Hit(int(i), float(s), *known[int(i)])
+                for s, i in zip(score_row, id_row, strict=True)
+                if int(i) in known
+            ]
+            for score_row, id_row in zip(scores, ids, strict=True)
+        ]
+
+    def find_sha256(self, sha256s: Iterable[str]) -> dict[str, Item]:
+        """The item holding each of these content hashes that is present (the oldest if several)."""
+        if isinstance(sha256s, (str, bytes)):
+            raise TypeError("sha256s must be an iterable of strings, not a single string")
+        return {sha: _item(row) for sha, row in self._records().find_sha256(sha256s).items()}
+
+    def label_counts(self) -> dict[str, int]:
+        """Number of items per label, sorted by label."""
+        return self._records().label_counts()
+
+    def items(self, ids: Iterable[int] | None = None) -> list[Item]:
+        """Every item in id order, or the items with ``ids`` in that order (unknown ids skipped)."""
+        db = self._records()
+        if ids is None:
+            return [_item(row) for row in db.rows()]
+        return [_item(row) for row in db.rows(_as_ids(ids).tolist())]
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), vectors float32 (n, dim)) of every item, from the records."""
+        return self._records().all_vectors(self.dim)
