@@ -1,0 +1,118 @@
+"""Frozen settings shared by the ML side: preprocessing and model specifications (no torch here)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Eval preprocessing: resize the shorter side to ``resize``, centre-crop ``crop``, normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]
+
+
+POOLINGS = ("gem", "avg")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild an embedding network's architecture (weights live elsewhere)."""
+
+    backbone: str = "efficientnet_lite0"
+    pooling: str = "gem"
+    gem_p: float = 3.0
+    dim: int | None = None
+    attention: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        if self.dim is not None and self.dim < 1:
+            raise ValueError(f"dim must be positive, not {self.dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        known = {k: d[k] for k in ("backbone", "pooling", "gem_p", "dim", "attention") if k in d}
+        return cls(**known)
+
+
+INDEX_ENV = "RETRIEVE_INDEX"
+
+
+def default_index_dir() -> str:
+    """``$RETRIEVE_INDEX``, else ``index`` in the per-user data folder."""
+    env = os.environ.get(INDEX_ENV)
+    if env:
+        return env
+    from platformdirs import user_data_dir
+
+    return os.path.join(user_data_dir("retrieve", appauthor=False), "index")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A metric-learning recipe. The defaults are the best recipe the benchmark found (README)."""
+
+    backbone: str = "efficientnet_lite0"
+    pooling: str = "gem"
+    dim: int | None = 512
+    attention: bool = False
+    loss: str = "multi-similarity"
+    miner: str = "multi-similarity"
+    epochs: int = 2
+    p: int = 8
+    k: int = 4
+    lr_trunk: float = 1e-5
+    lr_head: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup: float = 0.1
+    freeze: str = "none"
+    head_init: str = "pca"
+    whiten_power: float = 0.5
+    image_size: int = 224
+    augment: bool = True
+    val_classes: int = 10
+    cache_views: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.freeze not in ("none", "all") and not self.freeze.isdigit():
+            raise ValueError(
+                f"freeze must be 'none', 'all' or a number of last blocks to train, not {self.freeze!r}"
+            )
+        if self.head_init not in ("pca", "random"):
+            raise ValueError(f"head_init must be 'pca' or 'random', not {self.head_init!r}")
+        for name in ("epochs", "p", "k", "image_size", "cache_views"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.val_classes < 0:
+            raise ValueError("val_classes must be 0 or more")
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(
+            backbone=self.backbone, pooling=self.pooling, dim=self.dim, attention=self.attention
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names})

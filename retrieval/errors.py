@@ -1,0 +1,27 @@
+"""Typed errors of the ML side; the CLI turns each into a one-line message and an exit code."""
+
+from __future__ import annotations
+
+
+class RetrieveError(Exception):
+    """Base of every error a user can cause and fix."""
+
+
+class ModelError(RetrieveError):
+    """A model name, weights file or model folder that cannot be used."""
+
+
+class ModelMismatchError(RetrieveError):
+    """An index queried or extended with another model than the one it was built with."""
+
+
+class GalleryError(RetrieveError):
+    """A gallery folder that is missing, empty or badly laid out."""
+
+
+class ImageError(RetrieveError):
+    """An image file that cannot be read or decoded."""
+
+
+class InputError(RetrieveError):
+    """A bad argument: a missing query path, an invalid label."""

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny synthetic galleries and paths to the optional real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def need_shared(sub: str) -> Path:
+    """The real data folder ``sub``, or skip the test saying why."""
+    path = SHARED_DATA / sub
+    if not path.is_dir():
+        pytest.skip(
+            f"real data {path} is absent (only the developers' machines have ../shared/data)"
+        )
+    return path
+
+
+def write_image(path: Path, color: tuple[int, int, int], seed: int, size: int = 48) -> Path:
+    """A noisy image around ``color``: same colour = same class, the noise makes each unique."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color, np.float32) + rng.normal(0, 12, (size, size, 3)), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8)).save(path)
+    return path
+
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Path:
+    """Three colour classes x 4 images, one nested a level deeper."""
+    root = tmp_path / "gallery"
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(4):
+            sub = root / label / ("nested" if j == 3 else "")
+            write_image(sub / f"{j}.png", color, seed=ci * 10 + j)
+    return root

