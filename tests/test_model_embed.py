@@ -1,0 +1,92 @@
+"""EmbeddingNet, model folders and the Embedder on a tiny backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.config import ModelSpec
+from retrieval.embed import Embedder
+from retrieval.errors import ModelError
+from retrieval.model import fingerprint, load_from_source, load_model, save_model_dir
+
+from .conftest import write_image
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
+
+
+def test_unit_rows_and_dim(tiny):
+    with torch.no_grad():
+        out = tiny.net(torch.randn(3, 3, 64, 64))
+    assert out.shape == (3, 64)
+    assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_head_sets_dim():
+    m = load_model("tiny", spec=ModelSpec(dim=16, pooling="avg"))
+    assert m.net.dim == 16
+    with torch.no_grad():
+        assert m.net(torch.randn(2, 3, 64, 64)).shape == (2, 16)
+
+
+def test_fingerprint_stable_and_sensitive(tiny):
+    assert load_model("tiny").fingerprint == tiny.fingerprint
+    assert load_model("tiny", spec=ModelSpec(pooling="avg")).fingerprint != tiny.fingerprint
+
+
+def test_model_dir_round_trip(tmp_path: Path):
+    m = load_model("tiny", spec=ModelSpec(dim=8))
+    with torch.no_grad():
+        m.net.head.bias.fill_(0.25)
+    save_model_dir(m.net, tmp_path / "m")
+    again = load_model(str(tmp_path / "m"))
+    assert again.net.spec == m.net.spec
+    assert again.fingerprint == fingerprint(m.net) != m.fingerprint
+    assert load_from_source(again.source).fingerprint == again.fingerprint
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(again.net(x), m.net(x))
+
+
+def test_model_dir_errors(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="model.pt"):
+        load_model(str(tmp_path / "empty"))
+    m = load_model("tiny", spec=ModelSpec(dim=8))
+    save_model_dir(m.net, tmp_path / "m")
+    payload = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    payload["spec"]["dim"] = 9
+    torch.save(payload, tmp_path / "m" / "model.pt")
+    with pytest.raises(ModelError, match="do not match the model config"):
+        load_model(str(tmp_path / "m"))
+
+
+def test_embed_paths_skips_bad_files(tiny, tmp_path: Path):
+    good = [write_image(tmp_path / f"{i}.png", (200, 10 * i, 10), i) for i in range(5)]
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.jpg"
+    text.write_text("not a jpeg")
+    paths = [good[0], empty, *good[1:3], text, *good[3:]]
+    emb = Embedder(tiny.net, tiny.fingerprint, batch_size=2, num_workers=0)
+    seen = []
+    res = emb.embed_paths(paths, progress=seen.append)
+    assert res.ok == [0, 2, 3, 5, 6]
+    assert [p for p, _ in res.failures] == [str(empty), str(text)]
+    assert sum(seen) == len(paths)
+    assert res.vectors.dtype == np.float32 and res.vectors.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(res.vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_workers_match_in_process(tiny, tmp_path: Path):
+    paths = [write_image(tmp_path / f"{i}.png", (i * 5, 100, 50), i) for i in range(12)]
+    a = Embedder(tiny.net, tiny.fingerprint, batch_size=4, num_workers=0).embed_paths(paths)
+    b = Embedder(tiny.net, tiny.fingerprint, batch_size=4, num_workers=2).embed_paths(paths)
+    assert a.ok == b.ok == list(range(12))
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
