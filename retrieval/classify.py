@@ -1,0 +1,59 @@
+"""k-NN vote over retrieved neighbours: label, confidence, and "unknown" when nothing is close."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+VOTES = ("weighted", "majority")
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    path: str
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """``label`` None means unknown; ``confidence`` is the winning label's share of the vote."""
+
+    label: str | None
+    confidence: float
+    neighbors: tuple[Neighbor, ...]
+
+
+def vote(
+    neighbors: Sequence[Neighbor],
+    *,
+    k: int = 5,
+    method: str = "weighted",
+    min_score: float = 0.0,
+) -> Prediction:
+    """Vote among the first ``k`` neighbours (sorted by descending score).
+
+    weighted: each neighbour adds its cosine score (clipped at 0) to its label; majority: one
+    vote each. Ties go to the label with the higher summed score, then the best single score.
+    If the best score is below ``min_score`` (or there are no neighbours) the answer is unknown,
+    with confidence 0.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    if method not in VOTES:
+        raise ValueError(f"vote must be one of {', '.join(VOTES)}, not {method!r}")
+    top = tuple(sorted(neighbors, key=lambda n: -n.score)[:k])
+    if not top or top[0].score < min_score:
+        return Prediction(None, 0.0, top)
+    weight: dict[str, float] = {}
+    total_score: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for n in top:
+        w = max(n.score, 0.0) if method == "weighted" else 1.0
+        weight[n.label] = weight.get(n.label, 0.0) + w
+        total_score[n.label] = total_score.get(n.label, 0.0) + n.score
+        best[n.label] = max(best.get(n.label, n.score), n.score)
+    winner = max(weight, key=lambda lab: (weight[lab], total_score[lab], best[lab]))
+    total = sum(weight.values())
+    confidence = weight[winner] / total if total > 0 else 0.0
+    return Prediction(winner, confidence, top)
