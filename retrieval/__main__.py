@@ -1,0 +1,5 @@
+"""``python -m retrieval``: the retrieve command."""
+
+from retrieval.cli import main
+
+main()

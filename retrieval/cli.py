@@ -1,0 +1,220 @@
+"""The ``retrieve`` command: parse flags, call the service, print text or JSON, map errors to exits."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from retrieval.config import INDEX_ENV, default_index_dir
+
+EXIT_ERROR = 1
+
+
+def _index_option(f):
+    return click.option(
+        "--index",
+        "index_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default_index_dir,
+        show_default=f"${INDEX_ENV} or the per-user data folder",
+        help="Index folder.",
+    )(f)
+
+
+@contextlib.contextmanager
+def _bar(total: int, desc: str) -> Iterator[object]:
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False
+    ) as bar:
+        yield bar
+
+
+def _fail(message: str) -> None:
+    click.echo(f"retrieve: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _warn_skipped(skipped: list[tuple[str, str]], what: str) -> None:
+    for path, reason in skipped:
+        reason = reason.removeprefix(f"{path}: ")
+        click.echo(f"warning: skipped {path}: {reason}", err=True)
+    if skipped:
+        click.echo(f"warning: {len(skipped)} {what} skipped", err=True)
+
+
+class _Group(click.Group):
+    """Turns the library's typed errors into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        from index.errors import IndexStoreError
+        from retrieval.errors import RetrieveError
+
+        try:
+            return super().invoke(ctx)
+        except (RetrieveError, IndexStoreError) as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="retrieve")
+def main() -> None:
+    """Recognise fine-grained sub-categories by retrieval over a gallery of labelled images."""
+
+
+@main.command("build-index")
+@click.argument("gallery", type=click.Path(path_type=Path))
+@_index_option
+@click.option(
+    "--model",
+    default="efficientnet_lite0",
+    show_default=True,
+    help="Built-in backbone name or a model folder from 'retrieve train'.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Local state dict for a built-in backbone (e.g. resnet50).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing index.")
+def build_index_cmd(
+    gallery: Path, index_dir: Path, model: str, weights: str | None, batch_size: int, force: bool
+) -> None:
+    """Index GALLERY: one sub-folder per label, images at any depth below it."""
+    from retrieval import service
+
+    report = service.build_index(
+        gallery,
+        index_dir,
+        model=model,
+        weights=weights,
+        batch_size=batch_size,
+        force=force,
+        progress=_bar,
+    )
+    _warn_skipped(report.skipped, "unreadable or non-image files")
+    _warn_skipped(report.duplicates, "duplicate images")
+    click.echo(
+        f"indexed {report.added} images of {len(report.labels)} labels into {report.index} "
+        f"({report.model}, {report.dim}-d) in {report.seconds:.1f} s "
+        f"({report.images_per_second:.1f} images/s)"
+    )
+
+
+@main.command("query")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_index_option
+@click.option(
+    "-k",
+    "k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Neighbours that vote.",
+)
+@click.option(
+    "--min-score",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Answer 'unknown' when the best cosine score is below this.",
+)
+@click.option(
+    "--vote",
+    "method",
+    type=click.Choice(["weighted", "majority"]),
+    default="weighted",
+    show_default=True,
+)
+@click.option("--model", default=None, help="Check that the index was built with this model.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
+def query_cmd(
+    images: tuple[Path, ...],
+    index_dir: Path,
+    k: int,
+    min_score: float,
+    method: str,
+    model: str | None,
+    as_json: bool,
+) -> None:
+    """Say what each IMAGE is, from its nearest gallery images."""
+    from retrieval import service
+
+    results = service.query(
+        list(images), index_dir, k=k, min_score=min_score, method=method, model=model, progress=_bar
+    )
+    for r in results:
+        if as_json:
+            click.echo(json.dumps(r.to_json(), ensure_ascii=False))
+            continue
+        p = r.prediction
+        if p.label is None:
+            best = f"best score {p.neighbors[0].score:.3f}" if p.neighbors else "empty index"
+            click.echo(f"{r.query}: unknown ({best} < --min-score {min_score:g})")
+        else:
+            click.echo(f"{r.query}: {p.label}  (confidence {p.confidence:.2f})")
+        for n in p.neighbors:
+            click.echo(f"    {n.score:.3f}  {n.label}  {n.path}")
+
+
+@main.command("enroll")
+@click.argument("label")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_index_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+def enroll_cmd(label: str, inputs: tuple[Path, ...], index_dir: Path, batch_size: int) -> None:
+    """Add images (files or folders) under LABEL, a new or an existing one. No retraining."""
+    from retrieval import service
+
+    report = service.enroll(label, list(inputs), index_dir, batch_size=batch_size, progress=_bar)
+    _warn_skipped(report.skipped, "unreadable or non-image files")
+    for path, reason in report.duplicates:
+        click.echo(f"already indexed: {path} ({reason})", err=True)
+    click.echo(
+        f"enrolled {len(report.added)} images as {label!r} "
+        f"({len(report.duplicates)} already indexed); {label!r} now has {report.total_for_label}"
+    )
+
+
+@main.command("remove")
+@_index_option
+@click.option("--label", default=None, help="Remove every item of this label.")
+@click.option("--path", default=None, help="Remove the item(s) indexed from this file path.")
+def remove_cmd(index_dir: Path, label: str | None, path: str | None) -> None:
+    """Remove a whole label or one image from the index."""
+    from retrieval import service
+
+    if (label is None) == (path is None):
+        raise click.UsageError("give exactly one of --label or --path")
+    n = service.remove(index_dir, label=label, path=path)
+    click.echo(f"removed {n} item{'s' if n != 1 else ''}")
+
+
+@main.command("info")
+@_index_option
+@click.option("--json", "as_json", is_flag=True)
+def info_cmd(index_dir: Path, as_json: bool) -> None:
+    """Show what an index holds."""
+    from retrieval import service
+
+    i = service.info(index_dir)
+    if as_json:
+        click.echo(json.dumps(i.to_json(), ensure_ascii=False))
+        return
+    click.echo(f"index     {i.index}")
+    click.echo(f"model     {i.model} (fingerprint {i.fingerprint}), {i.dim}-d")
+    click.echo(f"format    {i.format_version}")
+    click.echo(f"items     {i.count} in {len(i.labels)} labels")
+    width = max((len(lab) for lab in i.labels), default=0)
+    for lab, n in i.labels.items():
+        click.echo(f"  {lab:<{width}}  {n}")

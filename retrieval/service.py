@@ -1,0 +1,323 @@
+"""Use cases behind the CLI: build-index, query, enroll, remove, info. Returns reports, never prints."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from index import IndexStore
+from index.errors import IndexExistsError
+from retrieval.classify import Neighbor, Prediction, vote
+from retrieval.data import Record, collect_images, scan_gallery, validate_label
+from retrieval.embed import Embedder
+from retrieval.errors import InputError, ModelMismatchError
+from retrieval.images import sha256_file
+from retrieval.model import LoadedModel, load_from_source, load_model
+from retrieval.progress import ProgressFactory, no_progress
+
+
+@dataclass
+class BuildReport:
+    index: Path
+    model: str
+    dim: int
+    added: int
+    labels: dict[str, int]
+    skipped: list[tuple[str, str]]
+    duplicates: list[tuple[str, str]]
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.added / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class EnrollReport:
+    label: str
+    added: list[str]
+    duplicates: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]
+    total_for_label: int
+
+
+@dataclass
+class QueryResult:
+    query: str
+    prediction: Prediction
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.prediction
+        return {
+            "query": self.query,
+            "label": p.label,
+            "confidence": round(p.confidence, 6),
+            "neighbors": [
+                {"path": n.path, "label": n.label, "score": round(n.score, 6)} for n in p.neighbors
+            ],
+        }
+
+
+@dataclass
+class Info:
+    index: Path
+    count: int
+    labels: dict[str, int]
+    model: str
+    dim: int
+    format_version: int
+    fingerprint: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "labels": self.labels,
+            "model": self.model,
+            "dim": self.dim,
+            "format_version": self.format_version,
+        }
+
+
+def _hash_records(records: Sequence[Record]) -> list[str]:
+    return [sha256_file(r.path) for r in records]
+
+
+def _dedupe(
+    records: Sequence[Record], shas: Sequence[str], known: dict[str, Any]
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Indices of records to index, and (path, reason) for content already present."""
+    keep: list[int] = []
+    dupes: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for i, (r, sha) in enumerate(zip(records, shas, strict=True)):
+        if sha in known:
+            dupes.append(
+                (str(r.path), f"already indexed as {known[sha].path} ({known[sha].label})")
+            )
+        elif sha in seen:
+            dupes.append((str(r.path), f"same content as {seen[sha]}"))
+        else:
+            seen[sha] = str(r.path)
+            keep.append(i)
+    return keep, dupes
+
+
+def _embed_into(
+    store: IndexStore,
+    embedder: Embedder,
+    records: Sequence[Record],
+    shas: Sequence[str],
+    progress: ProgressFactory,
+    desc: str,
+) -> tuple[list[str], list[tuple[str, str]]]:
+    paths = [r.path for r in records]
+    with progress(len(paths), desc) as bar:
+        result = embedder.embed_paths(paths, progress=bar.update)
+    store.add(
+        result.vectors,
+        [records[i].label for i in result.ok],
+        [str(Path(records[i].path).resolve()) for i in result.ok],
+        [shas[i] for i in result.ok],
+    )
+    return [str(paths[i]) for i in result.ok], result.failures
+
+
+def build_index(
+    gallery: str | Path,
+    index_dir: str | Path,
+    *,
+    model: str = "efficientnet_lite0",
+    weights: str | None = None,
+    batch_size: int = 32,
+    force: bool = False,
+    progress: ProgressFactory = no_progress,
+) -> BuildReport:
+    """Embed every image of a folder-per-label gallery into a new index at ``index_dir``.
+
+    The index is built in a sibling folder and moved into place only when complete, so an
+    existing index is untouched until the new one is whole.
+    """
+    target = Path(index_dir)
+    if IndexStore.is_index(target):
+        if not force:
+            raise IndexExistsError(f"{target} already holds an index; pass --force to replace it")
+    elif target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise IndexExistsError(f"{target} exists and is not an index; choose another --index")
+    scan = scan_gallery(gallery)
+    loaded = load_model(model, weights=weights)
+    embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
+    start = time.perf_counter()
+    shas = _hash_records(scan.records)
+    keep, dupes = _dedupe(scan.records, shas, {})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with IndexStore.create(staging, embedder.dim, loaded.describe()) as store:
+            records = [scan.records[i] for i in keep]
+            added, failures = _embed_into(
+                store, embedder, records, [shas[i] for i in keep], progress, "embedding"
+            )
+            labels = store.label_counts()
+        if not added:
+            raise InputError(f"no image in {gallery} could be read; nothing indexed")
+        _swap_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BuildReport(
+        index=target,
+        model=loaded.name,
+        dim=embedder.dim,
+        added=len(added),
+        labels=labels,
+        skipped=scan.skipped + failures,
+        duplicates=dupes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        staging.rename(target)
+        return
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+        staging.rename(target)
+        return
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def model_for(
+    store: IndexStore, model: str | None = None, weights: str | None = None
+) -> LoadedModel:
+    """The model an index was built with, re-created and checked against its fingerprint.
+
+    With ``model``, that model is loaded instead and refused unless it is the same network.
+    """
+    recorded = store.model
+    loaded = load_model(model, weights=weights) if model else load_from_source(recorded["source"])
+    if loaded.fingerprint != recorded["fingerprint"]:
+        what = f"model {model}" if model else f"the model at {recorded['source']}"
+        raise ModelMismatchError(
+            f"index {store.path} was built with model {recorded['name']} "
+            f"(fingerprint {recorded['fingerprint']}), but {what} has fingerprint "
+            f"{loaded.fingerprint}; query with the index's own model or rebuild the index with "
+            f"'retrieve build-index GALLERY --model {model or recorded['name']} --force'"
+        )
+    return loaded
+
+
+def query(
+    images: Sequence[str | Path],
+    index_dir: str | Path,
+    *,
+    k: int = 5,
+    min_score: float = 0.0,
+    method: str = "weighted",
+    model: str | None = None,
+    batch_size: int = 32,
+    progress: ProgressFactory = no_progress,
+) -> list[QueryResult]:
+    """Classify each image by a k-NN vote over the index. A gallery item with the same content
+    as the query is left out of its neighbours (a photo does not vote for itself)."""
+    if k < 1:
+        raise InputError(f"-k must be at least 1, not {k}")
+    with IndexStore.open(index_dir) as store:
+        for img in images:
+            if not Path(img).is_file():
+                raise InputError(f"query image {img} does not exist")
+        loaded = model_for(store, model)
+        embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
+        with progress(len(images), "querying") as bar:
+            result = embedder.embed_paths(images, progress=bar.update)
+        if result.failures:
+            raise InputError(result.failures[0][1])
+        shas = [sha256_file(p) for p in images]
+        same = store.find_sha256(shas)
+        extra = sum(1 for s in shas if s in same)
+        hits = store.search(result.vectors, k + extra)
+    out = []
+    for img, sha, row in zip(images, shas, hits, strict=True):
+        self_id = same[sha].id if sha in same else None
+        neighbors = [Neighbor(h.path, h.label, h.score) for h in row if h.id != self_id][:k]
+        out.append(QueryResult(str(img), vote(neighbors, k=k, method=method, min_score=min_score)))
+    return out
+
+
+def enroll(
+    label: str,
+    inputs: Sequence[str | Path],
+    index_dir: str | Path,
+    *,
+    model: str | None = None,
+    batch_size: int = 32,
+    progress: ProgressFactory = no_progress,
+) -> EnrollReport:
+    """Add images under ``label`` (new or existing); content already indexed is skipped."""
+    validate_label(label)
+    with IndexStore.open(index_dir) as store:
+        scan = collect_images(list(inputs))
+        records = [Record(r.path, label) for r in scan.records]
+        loaded = model_for(store, model)
+        shas = _hash_records(records)
+        keep, dupes = _dedupe(records, shas, store.find_sha256(shas))
+        added: list[str] = []
+        failures: list[tuple[str, str]] = []
+        if keep:
+            embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
+            added, failures = _embed_into(
+                store,
+                embedder,
+                [records[i] for i in keep],
+                [shas[i] for i in keep],
+                progress,
+                "enrolling",
+            )
+            if not added:
+                raise InputError(
+                    f"none of the images for {label!r} could be read; nothing enrolled"
+                )
+        total = store.label_counts().get(label, 0)
+    return EnrollReport(label, added, dupes, scan.skipped + failures, total)
+
+
+def remove(index_dir: str | Path, *, label: str | None = None, path: str | None = None) -> int:
+    """Remove every item of ``label``, or the item(s) at ``path``; returns how many went."""
+    if (label is None) == (path is None):
+        raise InputError("give exactly one of --label or --path")
+    with IndexStore.open(index_dir) as store:
+        if label is not None:
+            n = store.remove_label(label)
+            if n == 0:
+                raise InputError(f"no items with label {label!r} in {store.path}")
+            return n
+        assert path is not None
+        n = store.remove_path(str(Path(path).resolve()))
+        if n == 0:
+            n = store.remove_path(path)
+        if n == 0:
+            raise InputError(f"no item with path {path} in {store.path}")
+        return n
+
+
+def info(index_dir: str | Path) -> Info:
+    with IndexStore.open(index_dir) as store:
+        m = store.manifest
+        return Info(
+            index=store.path,
+            count=len(store),
+            labels=store.label_counts(),
+            model=m.model.get("name", "?"),
+            dim=m.dim,
+            format_version=m.format_version,
+            fingerprint=m.model.get("fingerprint", "?"),
+        )

@@ -1,0 +1,181 @@
+"""The retrieve command through click's CliRunner, on a tiny backbone and colour classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from retrieval.cli import main
+
+from .conftest import COLORS, write_image
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def snapshot(index: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(index.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def built(gallery: Path, tmp_path: Path) -> Path:
+    index = tmp_path / "idx"
+    run("build-index", gallery, "--index", index, "--model", "tiny")
+    return index
+
+
+def test_build_then_info(built: Path):
+    out = json.loads(run("info", "--index", built, "--json").output)
+    assert out == {
+        "count": 12,
+        "labels": {"blue": 4, "green": 4, "red": 4},
+        "model": "tiny",
+        "dim": 64,
+        "format_version": 1,
+    }
+    text = run("info", "--index", built).output
+    assert "12 in 3 labels" in text and "tiny" in text
+
+
+def test_query_json_contract(built: Path, tmp_path: Path):
+    q = write_image(tmp_path / "q" / "red query.png", COLORS["red"], seed=999)
+    lines = run("query", q, "--index", built, "-k", "3", "--json").output.splitlines()
+    assert len(lines) == 1
+    obj = json.loads(lines[0])
+    assert set(obj) == {"query", "label", "confidence", "neighbors"}
+    assert obj["query"] == str(q)
+    assert obj["label"] == "red"
+    assert 0 < obj["confidence"] <= 1
+    scores = [n["score"] for n in obj["neighbors"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert all(set(n) == {"path", "label", "score"} for n in obj["neighbors"])
+
+
+def test_query_text_and_unknown(built: Path, tmp_path: Path):
+    q = write_image(tmp_path / "b.png", COLORS["blue"], seed=5)
+    assert "blue" in run("query", q, "--index", built).output.splitlines()[0]
+    out = json.loads(run("query", q, "--index", built, "--min-score", "1.01", "--json").output)
+    assert out["label"] is None and out["confidence"] == 0.0
+    assert "unknown" in run("query", q, "--index", built, "--min-score", "1.01").output
+
+
+def test_query_excludes_its_own_gallery_copy(built: Path, gallery: Path):
+    own = gallery / "red" / "0.png"
+    obj = json.loads(run("query", own, "--index", built, "-k", "20", "--json").output)
+    assert len(obj["neighbors"]) == 11
+    assert str(own.resolve()) not in {n["path"] for n in obj["neighbors"]}
+
+
+def test_k_larger_than_gallery(built: Path, tmp_path: Path):
+    q = write_image(tmp_path / "g.png", COLORS["green"], seed=7)
+    obj = json.loads(run("query", q, "--index", built, "-k", "500", "--json").output)
+    assert len(obj["neighbors"]) == 12 and obj["label"] == "green"
+
+
+def test_enroll_new_label_then_recognised(built: Path, tmp_path: Path):
+    yellow = [write_image(tmp_path / "new" / f"{i}.png", (230, 220, 20), 100 + i) for i in range(5)]
+    out = run("enroll", "yellow", tmp_path / "new", "--index", built).output
+    assert "enrolled 5" in out
+    q = write_image(tmp_path / "yq.png", (230, 220, 20), 500)
+    assert json.loads(run("query", q, "--index", built, "--json").output)["label"] == "yellow"
+    again = run("enroll", "yellow", yellow[0], "--index", built)
+    assert "enrolled 0" in again.output and "already indexed" in again.output
+    assert json.loads(run("info", "--index", built, "--json").output)["labels"]["yellow"] == 5
+
+
+def test_remove_label_and_path(built: Path, gallery: Path):
+    assert "removed 4 items" in run("remove", "--index", built, "--label", "red").output
+    assert (
+        "removed 1 item"
+        in run("remove", "--index", built, "--path", gallery / "blue" / "0.png").output
+    )
+    labels = json.loads(run("info", "--index", built, "--json").output)["labels"]
+    assert labels == {"blue": 3, "green": 4}
+    r = run("remove", "--index", built, "--label", "red", ok=False)
+    assert r.exit_code != 0 and "no items with label 'red'" in r.output
+
+
+def test_build_refuses_existing_index_without_force(built: Path, gallery: Path):
+    before = snapshot(built)
+    r = run("build-index", gallery, "--index", built, "--model", "tiny", ok=False)
+    assert r.exit_code != 0 and "--force" in r.output
+    assert snapshot(built) == before
+    shutil_gallery = gallery / "red"
+    run("build-index", gallery, "--index", built, "--model", "tiny", "--force")
+    assert json.loads(run("info", "--index", built, "--json").output)["count"] == 12
+    assert shutil_gallery.exists()
+
+
+def test_bad_gallery_inputs(tmp_path: Path, built: Path, gallery: Path):
+    before = snapshot(built)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "nolabels").mkdir()
+    (tmp_path / "nolabels" / "hollow").mkdir()
+    cases = {
+        tmp_path / "missing": "does not exist",
+        tmp_path / "empty": "no label sub-folders",
+        tmp_path / "nolabels": "holds no images",
+    }
+    for folder, message in cases.items():
+        r = run("build-index", folder, "--index", built, "--model", "tiny", "--force", ok=False)
+        assert r.exit_code == 1
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and str(folder) in lines[0]
+        assert snapshot(built) == before
+
+
+def test_broken_files_skipped_with_warning(gallery: Path, tmp_path: Path):
+    (gallery / "red" / "zero.jpg").write_bytes(b"")
+    good = (gallery / "red" / "0.png").read_bytes()
+    (gallery / "red" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (gallery / "red" / "notes.txt").write_text("x")
+    r = run("build-index", gallery, "--index", tmp_path / "i2", "--model", "tiny")
+    assert "indexed 12 images" in r.output
+    assert "zero.jpg" in r.output and "truncated.png" in r.output and "notes.txt" in r.output
+    assert "3 unreadable or non-image files skipped" in r.output
+
+
+def test_query_errors_leave_index_alone(built: Path, tmp_path: Path):
+    before = snapshot(built)
+    r = run("query", tmp_path / "nope.jpg", "--index", built, ok=False)
+    assert r.exit_code == 1 and "nope.jpg does not exist" in r.output
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("hello")
+    r = run("query", bad, "--index", built, ok=False)
+    assert r.exit_code == 1 and "bad.jpg" in r.output
+    (tmp_path / "notindex").mkdir()
+    r = run("query", bad, "--index", tmp_path / "notindex", ok=False)
+    assert r.exit_code == 1 and "notindex" in r.output
+    assert snapshot(built) == before
+
+
+def test_other_model_refused(built: Path, tmp_path: Path):
+    before = snapshot(built)
+    q = write_image(tmp_path / "q.png", COLORS["red"], seed=1)
+    r = run("query", q, "--index", built, "--model", "resnet50", ok=False)
+    assert r.exit_code == 1 and "was built with model tiny" in r.output
+    assert snapshot(built) == before
+
+
+def test_enroll_bad_label_and_paths(built: Path, tmp_path: Path):
+    before = snapshot(built)
+    img = write_image(tmp_path / "x.png", (1, 2, 3), 0)
+    for label, message in [("a/b", "path separator"), ("", "empty")]:
+        r = run("enroll", label, img, "--index", built, ok=False)
+        assert r.exit_code == 1 and message in r.output
+    r = run("enroll", "new", tmp_path / "missing.png", "--index", built, ok=False)
+    assert r.exit_code == 1 and "missing.png does not exist" in r.output
+    assert snapshot(built) == before
+
+
+def test_index_from_environment(gallery: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RETRIEVE_INDEX", str(tmp_path / "envidx"))
+    run("build-index", gallery, "--model", "tiny")
+    assert json.loads(run("info", "--json").output)["count"] == 12
