@@ -1,0 +1,127 @@
+"""Retrieval metrics as pure functions on arrays: Recall@K, MAP@R, k-NN accuracy, enrolment curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from retrieval.classify import Neighbor, vote
+
+BLOCK = 1024
+
+
+def neighbors_leave_one_out(x: np.ndarray, k: int, block: int = BLOCK) -> np.ndarray:
+    """Indices (n, k) of each row's k most similar other rows, best first.
+
+    ``x`` is (n, d) float32, rows L2-normalised. Works in blocks of ``block`` queries, so memory
+    is O(block * n), never n * n. The row itself is excluded.
+    """
+    n = x.shape[0]
+    k = min(k, n - 1)
+    out = np.empty((n, k), dtype=np.int64)
+    for s in range(0, n, block):
+        sim = x[s : s + block] @ x.T
+        rows = np.arange(sim.shape[0])
+        sim[rows, s + rows] = -np.inf
+        part = (
+            np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            if k < n - 1
+            else np.argsort(-sim, axis=1)[:, :k]
+        )
+        order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
+        out[s : s + block] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def recall_at_k(labels: np.ndarray, nn_labels: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """Fraction of queries with at least one same-label item among their first k neighbours.
+
+    ``labels`` (n,), ``nn_labels`` (n, K) labels of each query's neighbours, best first, K >= max(ks).
+    """
+    hit = nn_labels == labels[:, None]
+    return {k: float(hit[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def map_at_r(labels: np.ndarray, nn_labels: np.ndarray) -> float:
+    """Mean average precision at R (Musgrave et al. 2020), R = number of other same-label items.
+
+    ``nn_labels`` (n, K) with K >= the largest R. Queries with R = 0 are left out.
+    """
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    r = counts[inverse] - 1
+    valid = r > 0
+    if not valid.any():
+        return 0.0
+    if nn_labels.shape[1] < r.max():
+        raise ValueError(f"need {r.max()} neighbours per query for MAP@R, got {nn_labels.shape[1]}")
+    rel = (nn_labels == labels[:, None])[:, : r.max()]
+    ranks = np.arange(1, rel.shape[1] + 1)
+    in_r = ranks[None, :] <= r[:, None]
+    precision = np.cumsum(rel, axis=1) / ranks[None, :]
+    ap = (precision * rel * in_r).sum(axis=1) / np.maximum(r, 1)
+    return float(ap[valid].mean())
+
+
+def retrieval_metrics(
+    x: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8)
+) -> dict[str, float]:
+    """Leave-one-out Recall@K and MAP@R of embeddings ``x`` (n, d) with ``labels`` (n,)."""
+    _, counts = np.unique(labels, return_counts=True)
+    idx = neighbors_leave_one_out(x, max(max(ks), int(counts.max()) - 1))
+    nn_labels = labels[idx]
+    out = {f"recall_at_{k}": v for k, v in recall_at_k(labels, nn_labels, ks).items()}
+    out["map_at_r"] = map_at_r(labels, nn_labels)
+    return out
+
+
+def knn_accuracy(
+    gallery: np.ndarray,
+    gallery_labels: Sequence[str],
+    queries: np.ndarray,
+    query_labels: Sequence[str],
+    *,
+    k: int = 5,
+    method: str = "weighted",
+) -> float:
+    """Top-1 accuracy of the k-NN vote of each query over the gallery (same rule as ``query``)."""
+    if len(query_labels) == 0:
+        return 0.0
+    correct = 0
+    for s in range(0, len(queries), BLOCK):
+        sim = queries[s : s + BLOCK] @ gallery.T
+        kk = min(k, gallery.shape[0])
+        top = np.argsort(-sim, axis=1)[:, :kk]
+        for row, (qi, order) in enumerate(zip(range(s, s + len(sim)), top, strict=True)):
+            neighbors = [Neighbor("", gallery_labels[j], float(sim[row, j])) for j in order]
+            correct += vote(neighbors, k=kk, method=method).label == query_labels[qi]
+    return correct / len(query_labels)
+
+
+def enrollment_accuracy(
+    x: np.ndarray, labels: Sequence[str], shots: int, *, seed: int = 0, k: int = 5
+) -> float | None:
+    """Enrol ``shots`` random images per class (seeded), classify all the others by k-NN vote.
+
+    Classes with no image left to classify are skipped; None when no class has enough images.
+    """
+    rng = np.random.default_rng(seed)
+    labels_arr = np.asarray(labels)
+    gallery_idx: list[int] = []
+    query_idx: list[int] = []
+    for lab in sorted(set(labels_arr.tolist())):
+        members = np.flatnonzero(labels_arr == lab)
+        if len(members) <= shots:
+            continue
+        chosen = rng.permutation(members)
+        gallery_idx.extend(chosen[:shots].tolist())
+        query_idx.extend(chosen[shots:].tolist())
+    if not query_idx:
+        return None
+    return knn_accuracy(
+        x[gallery_idx],
+        labels_arr[gallery_idx].tolist(),
+        x[query_idx],
+        labels_arr[query_idx].tolist(),
+        k=k,
+    )

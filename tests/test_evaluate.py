@@ -1,0 +1,87 @@
+"""Metrics against values computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.evaluate import (
+    enrollment_accuracy,
+    knn_accuracy,
+    map_at_r,
+    neighbors_leave_one_out,
+    recall_at_k,
+    retrieval_metrics,
+)
+
+
+def unit(angles_deg):
+    a = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    return np.stack([np.cos(a), np.sin(a)], axis=1).astype(np.float32)
+
+
+def test_recall_by_hand():
+    labels = np.array([0, 0, 1])
+    nn_labels = np.array([[1, 0], [0, 1], [0, 0]])
+    assert recall_at_k(labels, nn_labels, [1, 2]) == {
+        1: pytest.approx(1 / 3),
+        2: pytest.approx(2 / 3),
+    }
+
+
+def test_map_at_r_by_hand():
+    # query 0: R = 2, ranking rel = [1, 0, 1] -> AP@R = (1/1) / 2 = 0.5 (3rd hit is past R)
+    # query 1: R = 2, rel = [0, 1, 1] -> (1/2) / 2 = 0.25
+    # query 2: R = 2, rel = [1, 1, 0] -> (1 + 1) / 2 = 1
+    # query 3: R = 0 -> left out
+    labels = np.array([0, 0, 0, 1])
+    nn_labels = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0]])
+    assert map_at_r(labels, nn_labels) == pytest.approx((0.5 + 0.25 + 1.0) / 3)
+
+
+def test_neighbors_exclude_self_and_blocks_agree():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    a = neighbors_leave_one_out(x, 5, block=7)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    np.testing.assert_array_equal(a, np.argsort(-sim, axis=1)[:, :5])
+    assert not (a == np.arange(50)[:, None]).any()
+
+
+def test_retrieval_metrics_on_circle():
+    # class 0 at 0,10,20 deg; class 1 at 100,110; the point at 57 deg (class 1) is closest to 20 deg
+    x = unit([0, 10, 20, 100, 110, 57])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    m = retrieval_metrics(x, labels, ks=(1, 2))
+    # R@1: every nearest neighbour is of the same class but that of 57 (20 deg): 5/6
+    assert m["recall_at_1"] == pytest.approx(5 / 6)
+    assert m["recall_at_2"] == pytest.approx(1.0)
+    # AP@R, R=2 each: q0 [10,20] -> 1; q10 -> 1; q20 [10,0] -> 1;
+    # q100 [110, 57] -> 1; q110 [100, 57] -> 1; q57 [20(0), 100(1)] -> (1/2)/2 = 0.25
+    assert m["map_at_r"] == pytest.approx((5 + 0.25) / 6)
+
+
+def test_perfect_embedding_is_perfect():
+    labels = np.repeat(np.arange(5), 4)
+    x = np.eye(5, dtype=np.float32)[labels]
+    m = retrieval_metrics(x, labels)
+    assert m["recall_at_1"] == 1.0 and m["map_at_r"] == 1.0
+    assert enrollment_accuracy(x, [str(v) for v in labels], 1) == 1.0
+
+
+def test_knn_accuracy_by_hand():
+    gallery = unit([0, 90])
+    queries = unit([10, 80, 50])
+    acc = knn_accuracy(gallery, ["a", "b"], queries, ["a", "b", "a"], k=1)
+    assert acc == pytest.approx(2 / 3)
+
+
+def test_enrollment_is_seeded_and_skips_tiny_classes():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = [str(i % 3) for i in range(30)]
+    assert enrollment_accuracy(x, labels, 5, seed=3) == enrollment_accuracy(x, labels, 5, seed=3)
+    assert enrollment_accuracy(x, labels, 10) is None
