@@ -65,6 +65,11 @@ def default_index_dir() -> str:
     return os.path.join(user_data_dir("retrieve", appauthor=False), "index")
 
 
+# whiten: the loss trains the pooled descriptor; the linear head is then fitted as a PCA whitening
+# on the training classes. learned: a randomly initialised head trained with the loss.
+HEADS = ("whiten", "learned")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A metric-learning recipe. The defaults are the best recipe the benchmark found (README)."""
@@ -83,7 +88,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: float = 0.1
     freeze: str = "none"
-    head_init: str = "pca"
+    head: str = "whiten"
     whiten_power: float = 0.5
     image_size: int = 224
     augment: bool = True
@@ -96,8 +101,8 @@ class TrainConfig:
             raise ValueError(
                 f"freeze must be 'none', 'all' or a number of last blocks to train, not {self.freeze!r}"
             )
-        if self.head_init not in ("pca", "random"):
-            raise ValueError(f"head_init must be 'pca' or 'random', not {self.head_init!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
         for name in ("epochs", "p", "k", "image_size", "cache_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

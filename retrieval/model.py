@@ -36,7 +36,8 @@ class GeM(nn.Module):
 class EmbeddingNet(nn.Module):
     """Images (B, 3, H, W) -> embeddings (B, d) float32, rows L2-normalised.
 
-    backbone feature maps -> [CBAM attention] -> GeM / average pooling -> [linear head] -> L2 norm.
+    backbone feature maps -> [CBAM attention] -> GeM / average pooling -> L2 norm
+    -> [linear head -> L2 norm].
     """
 
     def __init__(self, backbone: Backbone, spec: ModelSpec) -> None:
@@ -68,10 +69,13 @@ class EmbeddingNet(nn.Module):
             maps = self.attention(maps)
         return self.pool(maps)
 
+    def descriptor_from(self, x: torch.Tensor, stage: int = 0) -> torch.Tensor:
+        """Unit pooled descriptors (B, C), the head's input, from the output of stage ``stage - 1``."""
+        return F.normalize(self.pooled(self.backbone.forward_stages(x, stage)), dim=1)
+
     def embed_from(self, x: torch.Tensor, stage: int = 0) -> torch.Tensor:
         """Embeddings from the output of backbone stage ``stage - 1`` (0: from images)."""
-        maps = self.backbone.forward_stages(x, stage)
-        return F.normalize(self.head(self.pooled(maps)), dim=1)
+        return F.normalize(self.head(self.descriptor_from(x, stage)), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_from(x)
