@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from retrieval.config import INDEX_ENV, default_index_dir
+from retrieval.config import INDEX_ENV, TrainConfig, default_index_dir
 
 EXIT_ERROR = 1
 
@@ -218,3 +218,133 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
     width = max((len(lab) for lab in i.labels), default=0)
     for lab, n in i.labels.items():
         click.echo(f"  {lab:<{width}}  {n}")
+
+
+@main.command("train")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Model folder to write (weights, config, history).",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["multi-similarity", "triplet", "contrastive", "proxy-anchor"]),
+    default=TrainConfig.loss,
+    show_default=True,
+)
+@click.option(
+    "--miner",
+    type=click.Choice(["multi-similarity", "batch-hard", "semi-hard", "hard-pairs", "none"]),
+    default=TrainConfig.miner,
+    show_default=True,
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True)
+@click.option(
+    "--attention/--no-attention",
+    default=TrainConfig.attention,
+    show_default=True,
+    help="Channel + spatial attention (CBAM) on the last feature map.",
+)
+@click.option(
+    "--val-classes",
+    type=click.IntRange(min=0),
+    default=TrainConfig.val_classes,
+    show_default=True,
+    help="Classes held out to validate Recall@1 each epoch (best epoch kept).",
+)
+@click.option("--dim", type=click.IntRange(min=1), default=TrainConfig.dim, show_default=True)
+@click.option(
+    "--freeze",
+    default=TrainConfig.freeze,
+    show_default=True,
+    help="'none', 'all' (trunk frozen, its outputs cached) or N: train only the last N blocks.",
+)
+@click.option("--backbone", default=TrainConfig.backbone, show_default=True)
+@click.option("--lr-trunk", type=float, default=TrainConfig.lr_trunk, show_default=True)
+@click.option("--lr-head", type=float, default=TrainConfig.lr_head, show_default=True)
+@click.option(
+    "--batch-p",
+    "p",
+    type=click.IntRange(min=2),
+    default=TrainConfig.p,
+    show_default=True,
+    help="Classes per batch.",
+)
+@click.option(
+    "--batch-k",
+    "k",
+    type=click.IntRange(min=2),
+    default=TrainConfig.k,
+    show_default=True,
+    help="Images per class per batch.",
+)
+@click.option(
+    "--image-size", type=click.IntRange(min=32), default=TrainConfig.image_size, show_default=True
+)
+@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run in --out (its own settings)."
+)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, **settings) -> None:
+    """Fine-tune an embedding network on DATA_DIR (one sub-folder per class) by metric learning."""
+    from retrieval.train import train
+
+    try:
+        cfg = TrainConfig(**settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    def show(row: dict) -> None:
+        metrics = " ".join(f"{k} {row[k]:.4f}" for k in ("recall_at_1", "map_at_r") if k in row)
+        if row.get("whitened"):
+            click.echo(f"whitening head fitted on epoch {row['epoch']}: {metrics}", err=True)
+            return
+        loss = f"loss {row['loss']:.4f} " if row["loss"] is not None else "before training "
+        click.echo(f"epoch {row['epoch']}: {loss}{metrics}", err=True)
+
+    report = train(
+        data_dir, out, cfg, resume=resume, num_workers=workers, progress=_bar, on_epoch=show
+    )
+    click.echo(
+        f"trained {report.out} in {report.seconds / 60:.1f} min; kept epoch {report.best_epoch}"
+        + (
+            f" (validation Recall@1 {report.best['recall_at_1']:.3f})"
+            if "recall_at_1" in report.best
+            else ""
+        )
+    )
+
+
+@main.command("evaluate")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    default="efficientnet_lite0",
+    show_default=True,
+    help="Built-in backbone name or a model folder from 'retrieve train'.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the enrolment draws.")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate_cmd(data_dir: Path, model: str, batch_size: int, seed: int, as_json: bool) -> None:
+    """Recall@K and MAP@R (leave-one-out) and the 1/5/10-shot enrolment curve on DATA_DIR."""
+    from retrieval import service
+
+    m = service.evaluate(data_dir, model=model, batch_size=batch_size, seed=seed, progress=_bar)
+    _warn_skipped(m.pop("skipped"), "unreadable or non-image files")
+    if as_json:
+        click.echo(json.dumps(m))
+        return
+    click.echo(f"{m['n_images']} images of {m['n_classes']} classes, model {m['model']}")
+    click.echo(
+        "  ".join(f"R@{k} {m[f'recall_at_{k}']:.3f}" for k in (1, 2, 4, 8))
+        + f"  MAP@R {m['map_at_r']:.3f}"
+    )
+    shots = (
+        f"{n}-shot {'n/a (too few images)' if acc is None else f'{acc:.3f}'}"
+        for n, acc in m["enrollment"].items()
+    )
+    click.echo("enrolment: " + "  ".join(shots))

@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from index import IndexStore
 from index.errors import IndexExistsError
 from retrieval.classify import Neighbor, Prediction, vote
 from retrieval.data import Record, collect_images, scan_gallery, validate_label
 from retrieval.embed import Embedder
 from retrieval.errors import InputError, ModelMismatchError
+from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
 from retrieval.images import sha256_file
 from retrieval.model import LoadedModel, load_from_source, load_model
 from retrieval.progress import ProgressFactory, no_progress
@@ -321,3 +324,32 @@ def info(index_dir: str | Path) -> Info:
             format_version=m.format_version,
             fingerprint=m.model.get("fingerprint", "?"),
         )
+
+
+def evaluate(
+    data_dir: str | Path,
+    *,
+    model: str = "efficientnet_lite0",
+    shots: Sequence[int] = (1, 5, 10),
+    seed: int = 0,
+    k: int = 5,
+    batch_size: int = 32,
+    progress: ProgressFactory = no_progress,
+) -> dict[str, Any]:
+    """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a folder-per-label dataset, and
+    the enrolment curve: top-1 k-NN accuracy after enrolling ``shots`` random images per class."""
+    scan = scan_gallery(data_dir)
+    loaded = load_model(model)
+    embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
+    with progress(len(scan.records), "embedding") as bar:
+        result = embedder.embed_paths([r.path for r in scan.records], progress=bar.update)
+    labels = [scan.records[i].label for i in result.ok]
+    if len(set(labels)) < 2:
+        raise InputError(f"{data_dir}: evaluation needs at least 2 labels with readable images")
+    metrics: dict[str, Any] = retrieval_metrics(result.vectors, np.array(labels))
+    metrics["enrollment"] = {
+        str(n): enrollment_accuracy(result.vectors, labels, n, seed=seed, k=k) for n in shots
+    }
+    metrics.update(n_images=len(labels), n_classes=len(set(labels)), model=loaded.name)
+    metrics["skipped"] = scan.skipped + result.failures
+    return metrics

@@ -1,0 +1,108 @@
+"""retrieve train / evaluate through click's CliRunner, then the trained folder used as --model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from retrieval.cli import main
+
+from .conftest import COLORS, write_image
+
+
+def run(*args: object, ok: bool = True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_train_then_index_with_the_model(gallery: Path, tmp_path: Path):
+    for j in range(4):
+        write_image(gallery / "yellow" / f"{j}.png", (230, 220, 20), seed=70 + j)
+    out = tmp_path / "model"
+    r = run(
+        "train",
+        gallery,
+        "--out",
+        out,
+        "--backbone",
+        "tiny",
+        "--epochs",
+        "2",
+        "--val-classes",
+        "1",
+        "--dim",
+        "8",
+        "--image-size",
+        "32",
+        "--batch-p",
+        "2",
+        "--batch-k",
+        "2",
+        "--workers",
+        "0",
+        "--loss",
+        "triplet",
+        "--miner",
+        "batch-hard",
+    )
+    assert "kept epoch" in r.output and "epoch 2:" in r.output
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history[:-1]] == [0, 1, 2]
+    assert history[-1]["whitened"] is True and "whitening head" in r.output
+    index = tmp_path / "idx"
+    run("build-index", gallery, "--index", index, "--model", out)
+    info = json.loads(run("info", "--index", index, "--json").output)
+    assert info["dim"] == 8 and info["model"] == "model" and info["count"] == 16
+    q = write_image(tmp_path / "q.png", COLORS["red"], seed=3)
+    obj = json.loads(run("query", q, "--index", index, "--json").output)
+    assert len(obj["neighbors"]) == 5
+
+
+def test_train_bad_settings(gallery: Path, tmp_path: Path):
+    r = run("train", gallery, "--out", tmp_path / "m", "--freeze", "some", ok=False)
+    assert r.exit_code == 2 and "freeze" in r.output
+    r = run(
+        "train",
+        gallery,
+        "--out",
+        tmp_path / "m",
+        "--backbone",
+        "tiny",
+        "--val-classes",
+        "2",
+        "--batch-p",
+        "2",
+        "--batch-k",
+        "2",
+        "--workers",
+        "0",
+        ok=False,
+    )
+    assert r.exit_code == 1 and "leaves 1 classes" in r.output
+
+
+def test_evaluate_json(gallery: Path):
+    m = json.loads(run("evaluate", gallery, "--model", "tiny", "--json").output)
+    assert set(m) == {
+        "recall_at_1",
+        "recall_at_2",
+        "recall_at_4",
+        "recall_at_8",
+        "map_at_r",
+        "enrollment",
+        "n_images",
+        "n_classes",
+        "model",
+    }
+    assert m["n_images"] == 12 and m["n_classes"] == 3 and m["model"] == "tiny"
+    assert set(m["enrollment"]) == {"1", "5", "10"}
+    assert 0.0 <= m["enrollment"]["1"] <= 1.0
+    assert m["enrollment"]["5"] is None  # 4 images per class: none left to classify
+    assert all(0.0 <= v <= 1.0 for k, v in m.items() if k.startswith(("recall", "map")))
+    assert m["recall_at_1"] <= m["recall_at_2"] <= m["recall_at_4"] <= m["recall_at_8"]
+    text = run("evaluate", gallery, "--model", "tiny").output
+    assert "R@1" in text and "MAP@R" in text
