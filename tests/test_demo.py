@@ -1,0 +1,33 @@
+"""The README's first command: the built-in demo runs end to end on its synthetic gallery."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_builds_queries_and_enrols(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--work", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "$ retrieve build-index" in out and "$ retrieve enroll" in out
+    right, total = map(
+        int, re.search(r"held-out queries answered correctly: (\d+)/(\d+)", out).groups()
+    )
+    assert total == 14 and right >= 10
+    before = int(re.search(r"before enrolment: (\d+)/", out).group(1))
+    after = int(re.search(r"after enrolling 5 examples: (\d+)/", out).group(1))
+    assert before == 0 and after > before
+    assert "items     89 in 8 labels" in out
