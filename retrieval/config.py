@@ -36,6 +36,7 @@ class ModelSpec:
     gem_p: float = 3.0
     dim: int | None = None
     attention: bool = False
+    flip: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -48,7 +49,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        known = {k: d[k] for k in ("backbone", "pooling", "gem_p", "dim", "attention") if k in d}
+        names = ("backbone", "pooling", "gem_p", "dim", "attention", "flip")
+        known = {k: d[k] for k in names if k in d}
         return cls(**known)
 
 
@@ -76,8 +78,9 @@ class TrainConfig:
 
     backbone: str = "efficientnet_lite0"
     pooling: str = "gem"
-    dim: int | None = 512
+    dim: int | None = None
     attention: bool = False
+    flip: bool = True
     loss: str = "multi-similarity"
     miner: str = "multi-similarity"
     epochs: int = 2
@@ -111,7 +114,11 @@ class TrainConfig:
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(
-            backbone=self.backbone, pooling=self.pooling, dim=self.dim, attention=self.attention
+            backbone=self.backbone,
+            pooling=self.pooling,
+            dim=self.dim,
+            attention=self.attention,
+            flip=self.flip,
         )
 
     def to_dict(self) -> dict[str, Any]:

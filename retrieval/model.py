@@ -74,8 +74,16 @@ class EmbeddingNet(nn.Module):
         return F.normalize(self.pooled(self.backbone.forward_stages(x, stage)), dim=1)
 
     def embed_from(self, x: torch.Tensor, stage: int = 0) -> torch.Tensor:
-        """Embeddings from the output of backbone stage ``stage - 1`` (0: from images)."""
-        return F.normalize(self.head(self.descriptor_from(x, stage)), dim=1)
+        """Embeddings from the output of backbone stage ``stage - 1`` (0: from images).
+
+        With ``spec.flip``, outside training, the embedding of the image and of its mirror image
+        are averaged (then re-normalised): fine-grained classes do not change under a flip.
+        """
+        emb = F.normalize(self.head(self.descriptor_from(x, stage)), dim=1)
+        if self.spec.flip and not self.training:
+            mirror = F.normalize(self.head(self.descriptor_from(x.flip(3), stage)), dim=1)
+            emb = F.normalize(emb + mirror, dim=1)
+        return emb
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_from(x)

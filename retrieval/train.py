@@ -128,7 +128,13 @@ def _embed(
         else inputs
     )
     for x, _ in batches:
-        rows.append(net.descriptor_from(x, stage) if descriptor else net.embed_from(x, stage))
+        if not descriptor:
+            rows.append(net.embed_from(x, stage))
+        elif net.spec.flip:
+            both = net.descriptor_from(x, stage) + net.descriptor_from(x.flip(3), stage)
+            rows.append(torch.nn.functional.normalize(both, dim=1))
+        else:
+            rows.append(net.descriptor_from(x, stage))
     return torch.cat(rows).numpy()
 
 

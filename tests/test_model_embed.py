@@ -90,3 +90,15 @@ def test_workers_match_in_process(tiny, tmp_path: Path):
     b = Embedder(tiny.net, tiny.fingerprint, batch_size=4, num_workers=2).embed_paths(paths)
     assert a.ok == b.ok == list(range(12))
     np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
+
+
+def test_flip_averaging_makes_mirror_images_equal():
+    m = load_model("tiny", spec=ModelSpec(flip=True))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = m.net(x), m.net(x.flip(3))
+    assert torch.allclose(a, b, atol=1e-5)
+    plain = load_model("tiny").net
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), plain(x.flip(3)), atol=1e-3)
+    assert m.fingerprint != load_model("tiny").fingerprint
