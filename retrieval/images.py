@@ -32,7 +32,7 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
             img = Image.open(p)
             if img.width * img.height > MAX_PIXELS:
                 raise ImageError(
-                    f"{p}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,}"
+                    f"{p}: {img.width}x{img.height} image is over the limit of {MAX_PIXELS:,} pixels"
                 )
             if min_side is not None and img.format == "JPEG":
                 img.draft("RGB", (min_side, min_side))
@@ -41,9 +41,11 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
             return _to_rgb(img)
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{p}: image is over the limit of {MAX_PIXELS:,} pixels ({exc})") from exc
     except FileNotFoundError as exc:
         raise ImageError(f"{p}: no such file") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         reason = str(exc) or type(exc).__name__
         raise ImageError(f"{p}: not a readable image ({reason})") from exc
 

@@ -102,3 +102,14 @@ def test_flip_averaging_makes_mirror_images_equal():
     with torch.no_grad():
         assert not torch.allclose(plain(x), plain(x.flip(3)), atol=1e-3)
     assert m.fingerprint != load_model("tiny").fingerprint
+
+
+def test_attention_map_is_retrievable_after_forward():
+    m = load_model("tiny", spec=ModelSpec(attention=True))
+    assert m.net.attention_map is None
+    with torch.no_grad():
+        m.net(torch.randn(3, 3, 64, 64))
+    amap = m.net.attention_map
+    assert amap is not None and amap.shape == (3, 1, 8, 8)
+    assert float(amap.min()) > 0.0 and float(amap.max()) < 1.0
+    assert load_model("tiny").net.attention_map is None
