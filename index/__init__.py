@@ -5,6 +5,7 @@ from __future__ import annotations
 from index.errors import (
     IndexExistsError,
     IndexFormatError,
+    IndexLockedError,
     IndexStoreError,
     NotAnIndexError,
     VectorError,
@@ -17,6 +18,7 @@ __all__ = [
     "Hit",
     "IndexExistsError",
     "IndexFormatError",
+    "IndexLockedError",
     "IndexStore",
     "IndexStoreError",
     "Item",

@@ -19,5 +19,9 @@ class IndexFormatError(IndexStoreError):
     """Index files that are corrupt, unreadable, inconsistent or from a newer format."""
 
 
+class IndexLockedError(IndexStoreError):
+    """Another process kept the writer lock of an index longer than this one would wait."""
+
+
 class VectorError(IndexStoreError, ValueError):
     """Vectors of the wrong shape, type or norm, or not one per label."""

@@ -142,8 +142,12 @@ class RecordDB:
             raise
 
     @contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every query inside sees the same committed state."""
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the same committed state, whatever other
+        connections commit meanwhile (WAL). Inside another transaction it joins that one."""
+        if self._conn.in_transaction:
+            yield self._conn
+            return
         self._conn.execute("BEGIN")
         try:
             yield self._conn
@@ -262,7 +266,7 @@ class RecordDB:
 
     def generation_and_count(self) -> tuple[int, int]:
         """Both read from the same committed state."""
-        with self._snapshot():
+        with self.reading():
             return self.generation, self.count()
 
     def iter_vectors(self, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -291,5 +295,5 @@ class RecordDB:
 
     def snapshot(self, dim: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(generation, ids, vectors) read from the same committed state."""
-        with self._snapshot():
+        with self.reading():
             return (self.generation, *self.all_vectors(dim))

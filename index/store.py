@@ -7,7 +7,8 @@ import json
 import logging
 import operator
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +26,7 @@ from index.errors import (
     VectorError,
 )
 from index.fsutil import atomic_write_bytes, is_temp_of
+from index.lock import DEFAULT_TIMEOUT, LOCK_FILE, writer_lock
 from index.manifest import Manifest, now_iso, read_manifest, write_manifest
 from index.records import RecordDB, Row
 
@@ -39,6 +41,7 @@ _OWN_FILES = frozenset(
 )
 _ATOMIC_FILES = (MANIFEST, VECTORS, SIDECAR)
 NORM_TOLERANCE = 1e-3
+_OPEN_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,32 @@ def _item(row: Row) -> Item:
 
 
 def _is_own(entry: Path) -> bool:
-    """Whether ``entry`` is a file an index writes (its own files, or their temp files)."""
+    """Whether ``entry`` is a file an index writes (its own files, or their temp files); the
+    lock file is neither own nor foreign: it is never removed, since a writer may hold it."""
     if entry.is_dir():
         return False
-    return entry.name in _OWN_FILES or any(is_temp_of(entry.name, n) for n in _ATOMIC_FILES)
+    return entry.name in _OWN_FILES or _is_temp(entry.name)
+
+
+def _is_temp(name: str) -> bool:
+    return any(is_temp_of(name, n) for n in _ATOMIC_FILES)
+
+
+def temp_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Temp files in an index folder: a writer's work in progress, or left by a killed one."""
+    try:
+        entries = sorted(Path(root).iterdir())
+    except FileNotFoundError:
+        return []
+    return [e for e in entries if _is_temp(e.name) and e.is_file()]
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _strings(values: Sequence[str], what: str, n: int) -> list[str]:
@@ -106,14 +131,27 @@ class IndexStore:
     Vectors are float32 L2-normalised rows; a search's score is the cosine similarity.
     """
 
-    def __init__(self, root: Path, manifest: Manifest, db: RecordDB, *, new: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        db: RecordDB,
+        *,
+        new: bool = False,
+        lock_timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
         self._root = root
         self._manifest = manifest
         self._db: RecordDB | None = db
+        self._records_id = _file_id(root / RECORDS)
+        self._lock = writer_lock(root)
+        self._lock_timeout = lock_timeout
+        self._write_depth = 0
         self._index: Any = None
         self._generation = -1
         if new:
-            self._rebuild()
+            self._rebuild_memory()
+            self._save_cache(self._index, self._generation)
         else:
             self._load()
 
@@ -127,8 +165,9 @@ class IndexStore:
         model: dict[str, Any],
         *,
         overwrite: bool = False,
+        lock_timeout: float | None = DEFAULT_TIMEOUT,
     ) -> IndexStore:
-        """A new empty index at ``path`` (created with its parents).
+        """A new empty index at ``path`` (created with its parents), under the writer lock.
 
         Refused (IndexExistsError) where an index already is unless ``overwrite``, and always where
         the folder holds other files. ``overwrite`` removes only the files of the old index.
@@ -142,31 +181,39 @@ class IndexStore:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model must be JSON-serialisable: {exc}") from exc
         root = Path(path)
-        cls._clear_for_create(root, overwrite)
+        cls._check_for_create(root, overwrite)
         root.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest.new(dim, copy.deepcopy(model))
-        db = RecordDB.create(root / RECORDS)
-        try:
-            store = cls(root, manifest, db, new=True)
-            write_manifest(root / MANIFEST, manifest)
-        except BaseException:
-            db.close()
-            for entry in root.iterdir():
-                if _is_own(entry):
-                    entry.unlink(missing_ok=True)
-            raise
+        with writer_lock(root).held(lock_timeout):
+            own = cls._check_for_create(root, overwrite)
+            for entry in own:
+                entry.unlink(missing_ok=True)
+            if own:
+                log.info("removed the index files in %s to create a new index", root)
+            manifest = Manifest.new(dim, copy.deepcopy(model))
+            db = RecordDB.create(root / RECORDS)
+            try:
+                store = cls(root, manifest, db, new=True, lock_timeout=lock_timeout)
+                write_manifest(root / MANIFEST, manifest)
+            except BaseException:
+                db.close()
+                for entry in root.iterdir():
+                    if _is_own(entry):
+                        entry.unlink(missing_ok=True)
+                raise
         log.info("created index %s (dim %d)", root, dim)
         return store
 
     @staticmethod
-    def _clear_for_create(root: Path, overwrite: bool) -> None:
+    def _check_for_create(root: Path, overwrite: bool) -> list[Path]:
+        """The files of an old index to remove before creating one at ``root``, or
+        IndexExistsError if none may be created there."""
         if not root.exists():
-            return
+            return []
         if not root.is_dir():
             raise IndexExistsError(
                 f"{root} exists and is not a folder; cannot create an index there"
             )
-        entries = sorted(root.iterdir())
+        entries = sorted(e for e in root.iterdir() if e.name != LOCK_FILE)
         own = [e for e in entries if _is_own(e)]
         foreign = [e.name for e in entries if not _is_own(e)]
         holds_index = (root / MANIFEST).is_file()
@@ -181,15 +228,18 @@ class IndexStore:
             raise IndexExistsError(
                 f"{root} already holds {what}; pass overwrite=True to replace it"
             )
-        for entry in own:
-            entry.unlink(missing_ok=True)
-        if own:
-            log.info("removed the index files in %s to create a new index", root)
+        return own
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> IndexStore:
+    def open(
+        cls, path: str | os.PathLike[str], *, lock_timeout: float | None = DEFAULT_TIMEOUT
+    ) -> IndexStore:
         """The index at ``path``. NotAnIndexError if there is none, IndexFormatError if it is
-        unreadable or newer than this code."""
+        unreadable or newer than this code.
+
+        Opening never waits for writers: the records are read in a snapshot (SQLite WAL). A
+        write waits at most ``lock_timeout`` seconds (None: forever) for the writer lock.
+        """
         root = Path(path)
         if not root.exists():
             raise NotAnIndexError(f"{root} is not an index: the folder does not exist")
@@ -198,10 +248,18 @@ class IndexStore:
         missing = [name for name in (MANIFEST, RECORDS) if not (root / name).is_file()]
         if missing:
             raise NotAnIndexError(f"{root} is not an index: it lacks {' and '.join(missing)}")
-        manifest = read_manifest(root / MANIFEST)
-        db = RecordDB.open(root / RECORDS)
+        for _ in range(_OPEN_TRIES):
+            before = (_file_id(root / MANIFEST), _file_id(root / RECORDS))
+            manifest = read_manifest(root / MANIFEST)
+            db = RecordDB.open(root / RECORDS)
+            if (_file_id(root / MANIFEST), _file_id(root / RECORDS)) == before:
+                break
+            # build-index swapped a new index in between: read that one whole
+            db.close()
+        else:
+            raise IndexStoreError(f"{root} kept being replaced while it was opened; try again")
         try:
-            return cls(root, manifest, db)
+            return cls(root, manifest, db, lock_timeout=lock_timeout)
         except BaseException:
             db.close()
             raise
@@ -262,25 +320,47 @@ class IndexStore:
             raise IndexStoreError(f"the index store at {self._root} is closed")
         return self._db
 
-    def _load(self) -> None:
+    def _load(self, *, persist: bool = True) -> bool:
         """Make the in-memory FAISS index match the records: from the cache file if it is
-        current, else rebuilt from SQLite and the cache rewritten."""
+        current, else rebuilt from SQLite (and, with ``persist``, the cache rewritten if this
+        process may). Returns whether it was rebuilt."""
         generation, count = self._records().generation_and_count()
         index = self._read_cache(generation, count)
-        if index is None:
-            n = self._rebuild()
-            log.info("rebuilt %s from %d records", self._root / VECTORS, n)
-        else:
+        if index is not None:
             self._index, self._generation = index, generation
+            return False
+        n = self._rebuild_memory()
+        log.info("rebuilt %s from %d records", self._root / VECTORS, n)
+        if persist:
+            self._persist_cache()
+        return True
 
-    def _rebuild(self) -> int:
-        """Build the FAISS index from the records and rewrite the cache; returns its size."""
+    def _rebuild_memory(self) -> int:
+        """Build the in-memory FAISS index from one snapshot of the records; returns its size."""
         generation, ids, vectors = self._records().snapshot(self.dim)
         index = backend.new_flat_index(self.dim)
         backend.add_with_ids(index, vectors, ids)
-        self._save_cache(index, generation)
         self._index, self._generation = index, generation
         return len(ids)
+
+    def _persist_cache(self) -> None:
+        """Rewrite the cache from the in-memory index, if it is still current and the writer
+        lock can be had without waiting. Readers never wait: when a writer holds the lock, the
+        writer rewrites the cache itself. Cache writes are thus never concurrent, so the FAISS
+        file and its sidecar are always written as a pair."""
+        try:
+            if not self._lock.acquire(timeout=0):
+                return
+        except IndexStoreError as exc:
+            log.info("not rewriting %s: %s", self._root / VECTORS, exc)
+            return
+        try:
+            if self._write_depth == 0:
+                self._remove_stale_temps()
+            if self._records().generation == self._generation:
+                self._save_cache(self._index, self._generation)
+        finally:
+            self._lock.release()
 
     def _read_cache(self, generation: int, count: int) -> Any:
         sidecar, vectors = self._root / SIDECAR, self._root / VECTORS
@@ -323,12 +403,16 @@ class IndexStore:
             return None
         return index
 
+    def _write_cache(self, index: Any, generation: int) -> None:
+        """Rewrite the FAISS file, then its sidecar (each atomically); the writer lock is held."""
+        digest = backend.write_index(index, self._root / VECTORS)
+        record = {"generation": generation, "sha256": digest}
+        atomic_write_bytes(self._root / SIDECAR, json.dumps(record).encode("utf-8"))
+
     def _save_cache(self, index: Any, generation: int) -> None:
         """Rewrite the cache; a failure only costs a rebuild at the next open."""
         try:
-            digest = backend.write_index(index, self._root / VECTORS)
-            record = {"generation": generation, "sha256": digest}
-            atomic_write_bytes(self._root / SIDECAR, json.dumps(record).encode("utf-8"))
+            self._write_cache(index, generation)
         except (OSError, RuntimeError) as exc:
             log.warning(
                 "could not write %s (%s); it will be rebuilt when next opened",
@@ -340,6 +424,53 @@ class IndexStore:
         """Reload if another connection wrote since this one last looked."""
         if self._records().generation != self._generation:
             self._load()
+
+    def _remove_stale_temps(self) -> None:
+        """With the writer lock held: temp files are left by killed writers (every writer of
+        temp files holds the lock), so they go."""
+        for entry in temp_files(self._root):
+            entry.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted write", entry)
+
+    def rebuild_cache(self) -> int:
+        """Rebuild the FAISS file and its sidecar from the records now, under the writer lock;
+        returns the number of vectors. IndexStoreError if they cannot be written."""
+        with self.writing():
+            n = self._rebuild_memory()
+            try:
+                self._write_cache(self._index, self._generation)
+            except (OSError, RuntimeError) as exc:
+                raise IndexStoreError(f"could not write {self._root / VECTORS}: {exc}") from exc
+        return n
+
+    # --- the writer lock --------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the index's writer lock (``INDEX/.lock``) for the block: no other process or
+        thread writes meanwhile. Every mutating method takes it itself; hold it around several
+        calls that must see no other writer in between (a look-up, then an add).
+
+        Waits at most ``timeout`` seconds (default: the store's ``lock_timeout``), else
+        IndexLockedError. On entry, temp files left by killed writers are removed and the
+        in-memory index catches up with the records. IndexStoreError if the folder now holds
+        another index than the one opened (replaced by ``build-index --force``).
+        """
+        self._records()
+        with self._lock.held(self._lock_timeout if timeout is None else timeout):
+            if self._write_depth == 0:
+                if _file_id(self._root / RECORDS) != self._records_id:
+                    raise IndexStoreError(
+                        f"the index at {self._root} was replaced by another process while this "
+                        "one was using it; run the command again"
+                    )
+                self._remove_stale_temps()
+                self._sync()
+            self._write_depth += 1
+            try:
+                yield
+            finally:
+                self._write_depth -= 1
 
     def _apply(self, generation: int, change: Callable[[Any], object]) -> None:
         """Follow a committed write: apply it in memory when it is the only one since the last
@@ -393,15 +524,18 @@ class IndexStore:
         sha256s = _strings(sha256s, "sha256s", n)
         if n == 0:
             return np.empty(0, np.int64)
-        ids, generation = db.insert(labels, paths, sha256s, rows, now_iso())
-        self._apply(generation, lambda index: backend.add_with_ids(index, rows, ids))
+        with self.writing():
+            ids, generation = db.insert(labels, paths, sha256s, rows, now_iso())
+            self._apply(generation, lambda index: backend.add_with_ids(index, rows, ids))
         log.debug("added %d items to %s", n, self._root)
         return ids
 
-    def _removed(self, ids: np.ndarray, generation: int) -> int:
-        if ids.size:
-            self._apply(generation, lambda index: backend.remove_ids(index, ids))
-            log.debug("removed %d items from %s", ids.size, self._root)
+    def _remove(self, delete: Callable[[], tuple[np.ndarray, int]]) -> int:
+        with self.writing():
+            ids, generation = delete()
+            if ids.size:
+                self._apply(generation, lambda index: backend.remove_ids(index, ids))
+                log.debug("removed %d items from %s", ids.size, self._root)
         return int(ids.size)
 
     def remove_ids(self, ids: Iterable[int]) -> int:
@@ -410,19 +544,21 @@ class IndexStore:
         wanted = _as_ids(ids)
         if not wanted.size:
             return 0
-        return self._removed(*db.delete_ids(wanted.tolist()))
+        return self._remove(lambda: db.delete_ids(wanted.tolist()))
 
     def remove_label(self, label: str) -> int:
         """Remove every item of ``label``; returns how many there were."""
         if not isinstance(label, str):
             raise TypeError(f"label must be a string, not {type(label).__name__}")
-        return self._removed(*self._records().delete_label(label))
+        db = self._records()
+        return self._remove(lambda: db.delete_label(label))
 
     def remove_path(self, path: str) -> int:
         """Remove the item(s) recorded with exactly this path; returns how many there were."""
         if not isinstance(path, str):
             raise TypeError(f"path must be a string, not {type(path).__name__}")
-        return self._removed(*self._records().delete_path(path))
+        db = self._records()
+        return self._remove(lambda: db.delete_path(path))
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -435,9 +571,14 @@ class IndexStore:
         queries = self._check_vectors(vectors, unit=False)
         if queries.shape[0] == 0:
             return []
-        self._sync()
-        scores, ids = backend.search(self._index, queries, k)
-        known = db.lookup(ids[ids >= 0].tolist())
+        # One snapshot for the FAISS index and the labels: an item removed meanwhile by another
+        # process is either in both or in neither.
+        with db.reading():
+            rebuilt = db.generation != self._generation and self._load(persist=False)
+            scores, ids = backend.search(self._index, queries, k)
+            known = db.lookup(ids[ids >= 0].tolist())
+        if rebuilt:
+            self._persist_cache()
         return [
             [
                 Hit(int(i), float(s), *known[int(i)])

@@ -297,7 +297,7 @@ def remove(index_dir: str | Path, *, label: str | None = None, path: str | None 
     """Remove every item of ``label``, or the item(s) at ``path``; returns how many went."""
     if (label is None) == (path is None):
         raise InputError("give exactly one of --label or --path")
-    with IndexStore.open(index_dir) as store:
+    with IndexStore.open(index_dir) as store, store.writing():
         if label is not None:
             n = store.remove_label(label)
             if n == 0:

@@ -1,0 +1,247 @@
+"""The writer lock: writers wait for it or give up clearly, readers never take it, a killed or
+forked holder never keeps it, and searches see one consistent state while others write."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from index import IndexLockedError, IndexStore
+from index.lock import writer_lock
+
+from ..index.helpers import DIM, MODEL, add_items, cache_is_current, unit_rows
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def python(script: str, *args: object) -> subprocess.Popen[str]:
+    """A Python subprocess running ``script`` (dedented), stdout piped, with the repo importable."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+HOLD = """
+    import sys, time
+    from index.lock import writer_lock
+    lock = writer_lock(sys.argv[1])
+    assert lock.acquire(timeout=10)
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(root: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding the writer lock of ``root`` for ``seconds``, once it says so."""
+    proc = python(HOLD, root, seconds)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "idx"
+    with IndexStore.create(root, DIM, MODEL) as store:
+        add_items(store, unit_rows(20, seed=1), [f"l{i % 4}" for i in range(20)])
+    return root
+
+
+def test_lock_file_is_created_in_the_index(root: Path) -> None:
+    assert (root / ".lock").is_file()
+    assert int((root / ".lock").read_text()) == os.getpid()
+
+
+def test_writer_waits_for_the_lock(root: Path) -> None:
+    holder = hold_lock(root, 1.5)
+    start = time.monotonic()
+    with IndexStore.open(root) as store:
+        add_items(store, unit_rows(1, seed=2), ["late"], start=100)
+        waited = time.monotonic() - start
+        assert len(store) == 21
+    assert holder.wait(timeout=30) == 0
+    assert waited > 1.0, f"the add did not wait for the lock ({waited:.2f} s)"
+
+
+def test_writer_gives_up_with_a_clear_error(root: Path) -> None:
+    holder = hold_lock(root, 30)
+    try:
+        with IndexStore.open(root, lock_timeout=0.3) as store:
+            before = store.label_counts()
+            with pytest.raises(IndexLockedError) as err:
+                store.remove_label("l0")
+            with pytest.raises(IndexLockedError):
+                add_items(store, unit_rows(1, seed=2), ["late"], start=100)
+            assert store.label_counts() == before
+        message = str(err.value)
+        assert str(root) in message and f"pid {holder.pid}" in message
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_readers_never_take_a_held_lock(root: Path) -> None:
+    (root / "vectors.faiss").unlink()  # a stale cache: readers rebuild it in memory
+    holder = hold_lock(root, 30)
+    try:
+        with IndexStore.open(root, lock_timeout=0) as store:
+            assert len(store) == 20
+            hits = store.search(unit_rows(3, seed=5), 4)
+            assert [len(row) for row in hits] == [4, 4, 4]
+        assert not (root / "vectors.faiss").exists(), "a reader wrote while a writer held the lock"
+    finally:
+        holder.kill()
+        holder.wait()
+    with IndexStore.open(root, lock_timeout=0):
+        pass
+    assert cache_is_current(root)
+
+
+def test_killed_holder_leaves_the_lock_free(root: Path) -> None:
+    holder = hold_lock(root, 60)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with IndexStore.open(root, lock_timeout=1) as store:
+        assert store.remove_label("l0") == 5
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_forked_children_do_not_keep_the_lock(root: Path) -> None:
+    lock = writer_lock(root)
+    assert lock.acquire(timeout=1)
+    child = multiprocessing.get_context("fork").Process(target=_sleep, args=(5,))
+    child.start()
+    lock.release()
+    try:
+        probe = python(
+            """
+            import fcntl, os, sys
+            fd = os.open(sys.argv[1], os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            """,
+            root / ".lock",
+        )
+        assert probe.wait(timeout=30) == 0, "the forked child still holds the writer lock"
+        assert child.is_alive()
+    finally:
+        child.terminate()
+        child.join()
+
+
+def test_nested_writes_through_two_stores_do_not_deadlock(root: Path) -> None:
+    with IndexStore.open(root, lock_timeout=1) as a, IndexStore.open(root, lock_timeout=1) as b:
+        with a.writing():
+            add_items(b, unit_rows(2, seed=3), ["x", "x"], start=50)
+            assert a.remove_label("x") == 2
+        assert len(a) == len(b) == 20
+
+
+CHURN = """
+    import sys, time
+    import numpy as np
+    from index import IndexStore
+    rng = np.random.default_rng(0)
+    end = time.monotonic() + float(sys.argv[2])
+    n = 0
+    with IndexStore.open(sys.argv[1]) as store:
+        print("started", flush=True)
+        while time.monotonic() < end:
+            x = rng.normal(size=(50, store.dim)).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            ids = store.add(x, ["churn"] * 50, [f"/c/{n + i}.jpg" for i in range(50)],
+                            [f"c{n + i}" for i in range(50)])
+            n += 50
+            store.remove_ids(ids)
+    print(n, flush=True)
+"""
+
+
+def test_search_sees_one_state_while_another_process_writes(root: Path) -> None:
+    """Items another process adds and removes at once never make a search fail or come back
+    short: the FAISS index and the labels are read from the same committed state."""
+    k = 30  # more than the 20 items that stay, so every answer reaches into the churned ones
+    writer = python(CHURN, root, 4)
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "started"
+    searches = 0
+    with IndexStore.open(root) as store:
+        queries = unit_rows(8, seed=9)
+        while writer.poll() is None:
+            for row in store.search(queries, k):
+                assert len(row) in (20, k), len(row)
+                scores = [h.score for h in row]
+                assert scores == sorted(scores, reverse=True)
+                assert len({h.id for h in row}) == len(row)
+                for h in row:
+                    assert (h.label == "churn") == h.path.startswith("/c/")
+            searches += 1
+    assert writer.wait() == 0
+    assert searches >= 10
+
+
+def _open(root: Path, out: list) -> None:
+    with IndexStore.open(root):
+        out.append(True)
+
+
+class _Seen(logging.Handler):
+    """Sets ``event`` when the index package logs a message containing ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.INFO)
+        self.text = text
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+def test_a_reader_never_writes_an_older_cache_over_a_newer_one(tmp_path: Path) -> None:
+    """A reader rebuilds a stale cache from its snapshot; a writer commits and rewrites the
+    cache while that rebuild runs: the reader's older copy must not replace the writer's."""
+    root = tmp_path / "big"
+    n, dim = 200_000, 2  # many rows make the rebuild slow; few dimensions keep the write quick
+    with IndexStore.create(root, dim, MODEL) as writer:
+        writer.add(unit_rows(n, dim, seed=1), ["a"] * n, ["/a.jpg"] * n, ["a"] * n)
+        cache = ("vectors.faiss", "vectors.faiss.json")
+        old_pair = {name: (root / name).read_bytes() for name in cache}
+        writer.add(unit_rows(1, dim, seed=2), ["b"], ["/b.jpg"], ["b"])
+        for name, data in old_pair.items():  # as if the writer had been killed before its rewrite
+            (root / name).write_bytes(data)
+        stale = _Seen("is stale")
+        logger = logging.getLogger("index")
+        logger.addHandler(stale)
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        try:
+            done: list[bool] = []
+            opening = threading.Thread(target=_open, args=(root, done))
+            opening.start()
+            assert stale.event.wait(timeout=30)  # the reader now rebuilds from a snapshot
+            time.sleep(0.03)  # that it has taken by now (it reads for far longer)
+            writer.add(unit_rows(1, dim, seed=3), ["c"], ["/c.jpg"], ["c"])
+            wrote_while_rebuilding = opening.is_alive()
+            opening.join()
+        finally:
+            logger.removeHandler(stale)
+            logger.setLevel(level)
+    assert done == [True]
+    assert wrote_while_rebuilding
+    assert cache_is_current(root)
