@@ -14,6 +14,7 @@ from index.fsutil import atomic_write_bytes
 
 FORMAT_VERSION = 1
 METRIC = "inner_product"
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def now_iso() -> str:
@@ -83,7 +84,15 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and validate a manifest; IndexFormatError naming the file if it is unusable."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexFormatError(f"{path} is not a readable index manifest: {exc}") from exc
+        with path.open("rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise IndexFormatError(
+                f"{path} is not a readable index manifest: it is larger than "
+                f"{MAX_MANIFEST_BYTES} bytes"
+            )
+        obj = json.loads(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise IndexFormatError(f"{path} is not a readable index manifest: {reason}") from exc
     return Manifest.from_json(obj, source=str(path))

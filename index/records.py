@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from index.errors import IndexFormatError
+from index.errors import IndexFormatError, IndexLockedError, IndexStoreError
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,40 @@ INSERT INTO meta(key, value) VALUES ('generation', '0');
 COMMIT;
 """
 
+# (name, declared type, NOT NULL, primary key) of each column, as PRAGMA table_info gives them.
+_COLUMNS = {
+    "items": [
+        ("id", "INTEGER", 0, 1),
+        ("label", "TEXT", 1, 0),
+        ("path", "TEXT", 1, 0),
+        ("sha256", "TEXT", 1, 0),
+        ("added_at", "TEXT", 1, 0),
+        ("vector", "BLOB", 1, 0),
+    ],
+    "meta": [("key", "TEXT", 0, 1), ("value", "TEXT", 0, 0)],
+}
+
 # Stays below SQLITE_MAX_VARIABLE_NUMBER of every SQLite build (999 before 3.32).
 _CHUNK = 500
 _FETCH = 4096
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(method: _F) -> _F:
+    """Turn SQLite's errors inside ``method`` into the index's typed errors, naming the file:
+    a damaged or foreign database file must give a clear message, never a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: RecordDB, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.ProgrammingError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Row(NamedTuple):
@@ -49,7 +81,10 @@ class Row(NamedTuple):
     added_at: str
 
 
-_ROW_COLUMNS = "id, label, path, sha256, added_at"
+# Cast, so that a value stored with another type in a tampered file still reads as text.
+_ROW_COLUMNS = (
+    "id, CAST(label AS TEXT), CAST(path AS TEXT), CAST(sha256 AS TEXT), CAST(added_at AS TEXT)"
+)
 _INSERT = "INSERT INTO items(label, path, sha256, added_at, vector) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -103,6 +138,14 @@ class RecordDB:
             raise
         return db
 
+    def error(self, exc: sqlite3.Error) -> IndexStoreError:
+        """The typed error for an SQLite error on this database."""
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in str(exc) or "busy" in str(exc):
+                return IndexLockedError(f"{self.path} is busy: {exc}")
+            return IndexStoreError(f"{self.path} cannot be read or written: {exc}")
+        return IndexFormatError(f"{self.path} is damaged or is not an index database: {exc}")
+
     @staticmethod
     def _connect(target: str, *, uri: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(target, uri=uri, timeout=30.0, isolation_level=None)
@@ -122,6 +165,19 @@ class RecordDB:
             missing = sorted({"items", "meta"} - tables)
             if missing:
                 raise IndexFormatError(f"{self.path} lacks the table(s) {', '.join(missing)}")
+            for table, expected in _COLUMNS.items():
+                found = [
+                    (name, str(kind).upper(), notnull, pk)
+                    for _, name, kind, notnull, _, pk in self._conn.execute(
+                        f"PRAGMA table_info({table})"
+                    )
+                ]
+                if found != expected:
+                    names = ", ".join(f"{c[0]} {c[1]}" for c in found)
+                    raise IndexFormatError(
+                        f"{self.path}: table {table} has the columns ({names}), not those of an "
+                        "index database"
+                    )
             if self.generation < 0:
                 raise IndexFormatError(f"{self.path} has a negative generation")
         except sqlite3.Error as exc:
@@ -138,7 +194,10 @@ class RecordDB:
             self._conn.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("%s: rollback failed; SQLite discards the transaction", self.path)
             raise
 
     @contextmanager
@@ -148,12 +207,18 @@ class RecordDB:
         if self._conn.in_transaction:
             yield self._conn
             return
-        self._conn.execute("BEGIN")
+        try:
+            self._conn.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from exc
         try:
             yield self._conn
         finally:
             if self._conn.in_transaction:
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.DatabaseError as exc:
+                    raise self.error(exc) from exc
 
     def _bump(self) -> int:
         self._conn.execute(
@@ -162,6 +227,7 @@ class RecordDB:
         return self.generation
 
     @property
+    @_guarded
     def generation(self) -> int:
         """How many writes were committed; moves whenever the items change."""
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
@@ -170,6 +236,7 @@ class RecordDB:
         except (TypeError, ValueError) as exc:
             raise IndexFormatError(f"{self.path} has no valid generation in table meta") from exc
 
+    @_guarded
     def insert(
         self,
         labels: Sequence[str],
@@ -194,6 +261,7 @@ class RecordDB:
         generation = self._bump() if ids else self.generation
         return np.array(sorted(ids), dtype=np.int64), generation
 
+    @_guarded
     def delete_ids(self, ids: Iterable[int]) -> tuple[np.ndarray, int]:
         """Delete the items with these ids; returns the ids that existed and the generation."""
         wanted = sorted({int(i) for i in ids})
@@ -207,6 +275,7 @@ class RecordDB:
             ]
             return self._delete(found)
 
+    @_guarded
     def delete_label(self, label: str) -> tuple[np.ndarray, int]:
         """Delete every item of ``label``; returns their ids and the generation."""
         with self._write() as conn:
@@ -214,6 +283,7 @@ class RecordDB:
                 [r[0] for r in conn.execute("SELECT id FROM items WHERE label = ?", (label,))]
             )
 
+    @_guarded
     def delete_path(self, path: str) -> tuple[np.ndarray, int]:
         """Delete every item recorded with ``path``; returns their ids and the generation."""
         with self._write() as conn:
@@ -221,15 +291,20 @@ class RecordDB:
                 [r[0] for r in conn.execute("SELECT id FROM items WHERE path = ?", (path,))]
             )
 
+    @_guarded
     def lookup(self, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
         """(label, path) of each id that exists."""
         wanted = sorted({int(i) for i in ids})
         out: dict[int, tuple[str, str]] = {}
         for chunk in _chunks(wanted):
-            sql = f"SELECT id, label, path FROM items WHERE id IN ({_marks(len(chunk))})"
+            sql = (
+                "SELECT id, CAST(label AS TEXT), CAST(path AS TEXT) FROM items "
+                f"WHERE id IN ({_marks(len(chunk))})"
+            )
             out.update((i, (label, path)) for i, label, path in self._conn.execute(sql, chunk))
         return out
 
+    @_guarded
     def rows(self, ids: Iterable[int] | None = None) -> list[Row]:
         """Every item by id, or the items with ``ids`` in that order (unknown ids left out)."""
         if ids is None:
@@ -243,6 +318,7 @@ class RecordDB:
             found.update((r[0], Row(*r)) for r in self._conn.execute(sql, chunk))
         return [found[i] for i in order if i in found]
 
+    @_guarded
     def find_sha256(self, sha256s: Iterable[str]) -> dict[str, Row]:
         """The item holding each content hash that is present (the oldest if several are)."""
         wanted = sorted(set(sha256s))
@@ -256,22 +332,26 @@ class RecordDB:
                 out.setdefault(r[3], Row(*r))
         return out
 
+    @_guarded
     def label_counts(self) -> dict[str, int]:
         """Number of items per label, sorted by label."""
-        rows = self._conn.execute("SELECT label, COUNT(*) FROM items GROUP BY label")
+        rows = self._conn.execute("SELECT CAST(label AS TEXT) AS l, COUNT(*) FROM items GROUP BY l")
         return dict(sorted(rows))
 
+    @_guarded
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
+    @_guarded
     def generation_and_count(self) -> tuple[int, int]:
         """Both read from the same committed state."""
         with self.reading():
             return self.generation, self.count()
 
-    def iter_vectors(self, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Batches of (ids int64, vectors float32 (b, dim)) in id order."""
-        cursor = self._conn.execute("SELECT id, vector FROM items ORDER BY id")
+    def _iter_vectors(self, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of (ids int64, vectors float32 (b, dim)) in id order; IndexFormatError for a
+        vector of the wrong length or holding NaN or infinity."""
+        cursor = self._conn.execute("SELECT id, CAST(vector AS BLOB) FROM items ORDER BY id")
         while batch := cursor.fetchmany(_FETCH):
             for i, blob in batch:
                 if len(blob) != 4 * dim:
@@ -281,11 +361,18 @@ class RecordDB:
                     )
             ids = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
             flat = np.frombuffer(b"".join(blob for _, blob in batch), dtype="<f4")
-            yield ids, flat.reshape(len(batch), dim).astype(np.float32)
+            vectors = flat.reshape(len(batch), dim).astype(np.float32)
+            finite = np.isfinite(vectors).all(axis=1)
+            if not finite.all():
+                raise IndexFormatError(
+                    f"{self.path}: item {ids[~finite][0]} holds a vector with NaN or infinity"
+                )
+            yield ids, vectors
 
+    @_guarded
     def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 (n,), vectors float32 (n, dim)) of every item, in id order."""
-        batches = list(self.iter_vectors(dim))
+        batches = list(self._iter_vectors(dim))
         if not batches:
             return np.empty(0, np.int64), np.empty((0, dim), np.float32)
         return (
@@ -293,6 +380,7 @@ class RecordDB:
             np.concatenate([vecs for _, vecs in batches]),
         )
 
+    @_guarded
     def snapshot(self, dim: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(generation, ids, vectors) read from the same committed state."""
         with self.reading():

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from index import IndexStore
-from index.errors import IndexExistsError
+from index.errors import IndexExistsError, IndexFormatError
+from index.store import MANIFEST
 from retrieval.classify import Neighbor, Prediction, vote
 from retrieval.data import Record, collect_images, scan_gallery, validate_label
 from retrieval.embed import Embedder
-from retrieval.errors import InputError, ModelMismatchError
+from retrieval.errors import InputError, ModelMismatchError, RetrieveError
 from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
 from retrieval.images import sha256_file
 from retrieval.model import LoadedModel, load_from_source, load_model
@@ -207,14 +208,27 @@ def model_for(
     With ``model``, that model is loaded instead and refused unless it is the same network.
     """
     recorded = store.model
-    loaded = load_model(model, weights=weights) if model else load_from_source(recorded["source"])
-    if loaded.fingerprint != recorded["fingerprint"]:
-        what = f"model {model}" if model else f"the model at {recorded['source']}"
+    manifest = store.path / MANIFEST
+    source, fingerprint = recorded.get("source"), recorded.get("fingerprint")
+    if not isinstance(source, dict) or not isinstance(fingerprint, str):
+        raise IndexFormatError(f"{manifest}: the model entry lacks a valid source and fingerprint")
+    if model:
+        loaded = load_model(model, weights=weights)
+    else:
+        try:
+            loaded = load_from_source(source)
+        except RetrieveError:
+            raise
+        except Exception as exc:  # a tampered entry can fail anywhere while building the network
+            raise IndexFormatError(f"{manifest}: the model entry cannot be used: {exc}") from exc
+    if loaded.fingerprint != fingerprint:
+        name = recorded.get("name", "?")
+        what = f"model {model}" if model else f"the model at {source}"
         raise ModelMismatchError(
-            f"index {store.path} was built with model {recorded['name']} "
-            f"(fingerprint {recorded['fingerprint']}), but {what} has fingerprint "
+            f"index {store.path} was built with model {name} "
+            f"(fingerprint {fingerprint}), but {what} has fingerprint "
             f"{loaded.fingerprint}; query with the index's own model or rebuild the index with "
-            f"'retrieve build-index GALLERY --model {model or recorded['name']} --force'"
+            f"'retrieve build-index GALLERY --model {model or name} --force'"
         )
     return loaded
 
