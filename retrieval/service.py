@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,12 +17,16 @@ from index.errors import IndexExistsError, IndexFormatError
 from index.store import MANIFEST
 from retrieval.classify import Neighbor, Prediction, vote
 from retrieval.data import Record, collect_images, scan_gallery, validate_label
-from retrieval.embed import Embedder
 from retrieval.errors import InputError, ModelMismatchError, RetrieveError
 from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
 from retrieval.images import sha256_file
-from retrieval.model import LoadedModel, load_from_source, load_model
 from retrieval.progress import ProgressFactory, no_progress
+
+# The embedding side (retrieval.embed, retrieval.model) loads torch, which takes seconds: it is
+# imported only inside the use cases that embed, so that info and remove start at once.
+if TYPE_CHECKING:
+    from retrieval.embed import Embedder
+    from retrieval.model import LoadedModel
 
 
 @dataclass
@@ -154,6 +158,9 @@ def build_index(
     elif target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise IndexExistsError(f"{target} exists and is not an index; choose another --index")
     scan = scan_gallery(gallery)
+    from retrieval.embed import Embedder
+    from retrieval.model import load_model
+
     loaded = load_model(model, weights=weights)
     embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
     start = time.perf_counter()
@@ -207,6 +214,8 @@ def model_for(
 
     With ``model``, that model is loaded instead and refused unless it is the same network.
     """
+    from retrieval.model import load_from_source, load_model
+
     recorded = store.model
     manifest = store.path / MANIFEST
     source, fingerprint = recorded.get("source"), recorded.get("fingerprint")
@@ -252,6 +261,8 @@ def query(
         for img in images:
             if not Path(img).is_file():
                 raise InputError(f"query image {img} does not exist")
+        from retrieval.embed import Embedder
+
         loaded = model_for(store, model)
         embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
         with progress(len(images), "querying") as bar:
@@ -290,6 +301,8 @@ def enroll(
         added: list[str] = []
         failures: list[tuple[str, str]] = []
         if keep:
+            from retrieval.embed import Embedder
+
             embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
             added, failures = _embed_into(
                 store,
@@ -352,6 +365,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a folder-per-label dataset, and
     the enrolment curve: top-1 k-NN accuracy after enrolling ``shots`` random images per class."""
+    from retrieval.embed import Embedder
+    from retrieval.model import load_model
+
     scan = scan_gallery(data_dir)
     loaded = load_model(model)
     embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,18 @@ def test_index_from_environment(gallery: Path, tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("RETRIEVE_INDEX", str(tmp_path / "envidx"))
     run("build-index", gallery, "--model", "tiny")
     assert json.loads(run("info", "--json").output)["count"] == 12
+
+
+def test_commands_that_do_not_embed_start_without_torch(built: Path):
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from retrieval.cli import main\n"
+        f"for args in (['info', '--index', {str(built)!r}],\n"
+        f"             ['remove', '--index', {str(built)!r}, '--label', 'red']):\n"
+        "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(run("info", "--index", built, "--json").output)["count"] == 8
