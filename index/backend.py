@@ -83,6 +83,17 @@ def search(index: faiss.Index, queries: ArrayLike, k: int) -> tuple[np.ndarray, 
     return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
 
+def contents(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 (n,), vectors float32 (n, dim)) that an index from ``new_flat_index`` holds,
+    in id order."""
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    if ids.size == 0:
+        return ids, np.empty((0, dim(index)), np.float32)
+    vectors = index.index.reconstruct_n(0, ntotal(index))
+    order = np.argsort(ids, kind="stable")
+    return ids[order], np.ascontiguousarray(vectors[order], dtype=np.float32)
+
+
 def write_index(index: faiss.Index, path: str | os.PathLike[str]) -> str:
     """Replace the file at ``path`` with ``index`` atomically; returns the file's hex sha256."""
     with replacing(path) as tmp:

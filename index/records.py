@@ -71,6 +71,22 @@ def _guarded(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+class Audit(NamedTuple):
+    """What ``RecordDB.audit`` found: SQLite's own verdict, and every item read in one snapshot.
+
+    ``bad`` maps a kind of fault to the ids of the items that have it: ``type`` (a label, path,
+    sha256 or time stored as other than text), ``length`` (a vector of the wrong byte length),
+    ``finite`` (NaN or infinity), ``norm`` (not of norm 1 within the tolerance).
+    """
+
+    damage: list[str]
+    generation: int
+    ids: np.ndarray
+    vectors: np.ndarray
+    labels: int
+    bad: dict[str, list[int]]
+
+
 class Row(NamedTuple):
     """One item as stored, without its vector."""
 
@@ -368,6 +384,51 @@ class RecordDB:
                     f"{self.path}: item {ids[~finite][0]} holds a vector with NaN or infinity"
                 )
             yield ids, vectors
+
+    @_guarded
+    def audit(self, dim: int, norm_tolerance: float) -> Audit:
+        """Check the database file (SQLite's quick_check) and every item, in one snapshot; rows
+        with a vector of the wrong length read as zeros in ``vectors``."""
+        empty = Audit([], -1, np.empty(0, np.int64), np.empty((0, dim), np.float32), 0, {})
+        with self.reading() as conn:
+            damage = [str(r[0]) for r in conn.execute("PRAGMA quick_check(10)")]
+            if damage != ["ok"]:
+                return empty._replace(damage=damage)
+            bad: dict[str, list[int]] = {"type": [], "length": [], "finite": [], "norm": []}
+            id_parts, vector_parts = [], []
+            cursor = conn.execute(
+                "SELECT id, typeof(label), typeof(path), typeof(sha256), typeof(added_at), "
+                "CAST(vector AS BLOB) FROM items ORDER BY id"
+            )
+            while batch := cursor.fetchmany(_FETCH):
+                ids = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
+                vectors = np.zeros((len(batch), dim), np.float32)
+                whole = np.ones(len(batch), bool)
+                for j, (i, *types, blob) in enumerate(batch):
+                    if any(t != "text" for t in types):
+                        bad["type"].append(i)
+                    if len(blob) == 4 * dim:
+                        vectors[j] = np.frombuffer(blob, dtype="<f4")
+                    else:
+                        bad["length"].append(i)
+                        whole[j] = False
+                finite = np.isfinite(vectors).all(axis=1)
+                bad["finite"].extend(ids[~finite].tolist())
+                with np.errstate(over="ignore", invalid="ignore"):
+                    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+                off = whole & finite & ~(np.abs(norms - 1.0) <= norm_tolerance)
+                bad["norm"].extend(ids[off].tolist())
+                id_parts.append(ids)
+                vector_parts.append(vectors)
+            labels = int(conn.execute("SELECT COUNT(DISTINCT label) FROM items").fetchone()[0])
+            return Audit(
+                damage=[],
+                generation=self.generation,
+                ids=np.concatenate(id_parts) if id_parts else empty.ids,
+                vectors=np.concatenate(vector_parts) if vector_parts else empty.vectors,
+                labels=labels,
+                bad={kind: ids for kind, ids in bad.items() if ids},
+            )
 
     @_guarded
     def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -220,6 +220,37 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
         click.echo(f"  {lab:<{width}}  {n}")
 
 
+@main.command("check")
+@_index_option
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rebuild the FAISS file and its sidecar from the records and remove files left by "
+    "interrupted writes (under the writer lock), then check again.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
+    """Verify that an index's manifest, records, FAISS file and sidecar agree (exit 1 if not)."""
+    from retrieval import service
+
+    report = service.check(index_dir, repair=repair)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), ensure_ascii=False))
+    else:
+        for line in report.repaired:
+            click.echo(f"repaired: {line}")
+        for line in report.notes:
+            click.echo(f"note: {line}")
+        for line in report.problems:
+            click.echo(f"problem: {line}")
+        if report.ok:
+            click.echo(f"index OK: {report.items} items, {report.labels} labels")
+        else:
+            click.echo(f"index {report.index} has {len(report.problems)} problem(s)")
+    if not report.ok:
+        sys.exit(EXIT_ERROR)
+
+
 @main.command("train")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option(

@@ -1,4 +1,4 @@
-"""Use cases behind the CLI: build-index, query, enroll, remove, info. Returns reports, never prints."""
+"""Use cases behind the CLI: build-index, query, enroll, remove, info, check. Returns reports, never prints."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from index import IndexStore
+from index.check import CheckReport, check_index, repair_index
 from index.errors import IndexExistsError, IndexFormatError
 from index.store import MANIFEST
 from retrieval.classify import Neighbor, Prediction, vote
@@ -351,6 +352,26 @@ def info(index_dir: str | Path) -> Info:
             format_version=m.format_version,
             fingerprint=m.model.get("fingerprint", "?"),
         )
+
+
+def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
+    """Verify that an index's manifest, records, FAISS file and sidecar agree. With ``repair``,
+    rebuild the FAISS file and sidecar from the records and remove the temp files of interrupted
+    writes (under the writer lock), then check again; damaged records or manifest are reported,
+    never repaired: they are the truth the rest is derived from."""
+    report = check_index(index_dir)
+    if not repair:
+        return report
+    if not report.source_ok:
+        report.repaired.append(
+            "nothing repaired: the manifest or records are damaged, and everything else is "
+            "derived from them; rebuild the index with 'retrieve build-index'"
+        )
+        return report
+    done = repair_index(index_dir)
+    report = check_index(index_dir)
+    report.repaired = done
+    return report
 
 
 def evaluate(

@@ -1,0 +1,219 @@
+"""Verify an index folder (manifest, records, FAISS file, sidecar agree) and repair its cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index import backend
+from index.errors import IndexFormatError, IndexLockedError, IndexStoreError, NotAnIndexError
+from index.fsutil import sha256_file
+from index.lock import DEFAULT_TIMEOUT, writer_lock
+from index.manifest import read_manifest
+from index.records import RecordDB
+from index.store import (
+    MANIFEST,
+    NORM_TOLERANCE,
+    RECORDS,
+    SIDECAR,
+    VECTORS,
+    IndexStore,
+    temp_files,
+)
+
+_FAULTS = {
+    "type": "hold a label, path, sha256 or time that is not text",
+    "length": "hold a vector of the wrong length",
+    "finite": "hold a vector with NaN or infinity",
+    "norm": f"hold a vector whose norm is not 1 ± {NORM_TOLERANCE}",
+}
+_SHOWN_IDS = 5
+
+
+@dataclass
+class CheckReport:
+    """What ``check_index`` found. ``problems`` make the index wrong or unusable; ``notes`` are
+    states it heals from by itself (a cache older than the records, temp files of an
+    interrupted write), which ``repair_index`` also clears at once."""
+
+    index: Path
+    items: int = 0
+    labels: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    source_ok: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": str(self.index),
+            "ok": self.ok,
+            "items": self.items,
+            "labels": self.labels,
+            "problems": self.problems,
+            "notes": self.notes,
+            "repaired": self.repaired,
+        }
+
+
+def _ids(ids: list[int] | np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in list(ids)[:_SHOWN_IDS])
+    return f"ids {shown}{', ...' if len(ids) > _SHOWN_IDS else ''}"
+
+
+def check_index(
+    path: str | os.PathLike[str], *, lock_timeout: float | None = DEFAULT_TIMEOUT
+) -> CheckReport:
+    """Check an index folder without changing it. It holds the writer lock meanwhile (so that
+    no write is half-seen); NotAnIndexError if the folder is not an index at all."""
+    root = Path(path)
+    if not root.is_dir():
+        raise NotAnIndexError(f"{root} is not an index: it is not a folder")
+    if not IndexStore.is_index(root):
+        raise NotAnIndexError(f"{root} is not an index: it lacks {MANIFEST} or {RECORDS}")
+    report = CheckReport(root)
+    lock = writer_lock(root)
+    try:
+        held = lock.acquire(lock_timeout)
+    except IndexStoreError as exc:  # a read-only folder: check it as it is
+        report.notes.append(f"checked without the writer lock: {exc}")
+        held = None
+    if held is False:
+        raise IndexLockedError(
+            f"{root} is being written by another process{lock.holder()}; try again later"
+        )
+    try:
+        _check(root, report)
+    finally:
+        if held:
+            lock.release()
+    return report
+
+
+def _check(root: Path, report: CheckReport) -> None:
+    try:
+        dim: int | None = read_manifest(root / MANIFEST).dim
+    except IndexFormatError as exc:
+        report.problems.append(str(exc))
+        report.source_ok = False
+        dim = None
+    audit = None
+    try:
+        db = RecordDB.open(root / RECORDS)
+    except IndexStoreError as exc:
+        report.problems.append(str(exc))
+        report.source_ok = False
+    else:
+        try:
+            if dim is not None:
+                audit = db.audit(dim, NORM_TOLERANCE)
+            else:
+                report.items, report.labels = db.count(), len(db.label_counts())
+        except IndexStoreError as exc:
+            report.problems.append(str(exc))
+            report.source_ok = False
+        finally:
+            db.close()
+    if audit is not None:
+        if audit.damage:
+            report.problems.append(f"{RECORDS}: SQLite finds damage: {'; '.join(audit.damage)}")
+            report.source_ok = False
+        else:
+            report.items, report.labels = len(audit.ids), audit.labels
+            for kind, ids in audit.bad.items():
+                report.problems.append(
+                    f"{RECORDS}: {len(ids)} item(s) {_FAULTS[kind]} ({_ids(ids)})"
+                )
+                report.source_ok = False
+            _check_cache(root, audit.generation, audit.ids, audit.vectors, report)
+    for entry in temp_files(root):
+        report.notes.append(
+            f"{entry.name} is a temporary file left by an interrupted write; "
+            "the next write (or --repair) removes it"
+        )
+
+
+def _check_cache(
+    root: Path, generation: int, ids: np.ndarray, vectors: np.ndarray, report: CheckReport
+) -> None:
+    """The FAISS file against its sidecar and the records (at ``generation``)."""
+    healed = "the next open rebuilds it from the records (--repair does it now)"
+    try:
+        meta = json.loads((root / SIDECAR).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        report.notes.append(f"{SIDECAR} is missing; {healed}")
+        return
+    except (OSError, ValueError) as exc:
+        report.problems.append(f"{SIDECAR} is unreadable: {exc}")
+        return
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("generation"), int)
+        or not isinstance(meta.get("sha256"), str)
+    ):
+        report.problems.append(f"{SIDECAR} is not a {{generation, sha256}} record")
+        return
+    if meta["generation"] > generation:
+        report.problems.append(
+            f"{SIDECAR} claims generation {meta['generation']}, but the records are only at "
+            f"{generation}"
+        )
+        return
+    if not (root / VECTORS).is_file():
+        report.notes.append(f"{VECTORS} is missing; {healed}")
+        return
+    if meta["generation"] < generation:
+        report.notes.append(
+            f"{VECTORS} is older than the records (generation {meta['generation']} < "
+            f"{generation}), as after a write interrupted before its rewrite; {healed}"
+        )
+        return
+    if sha256_file(root / VECTORS) != meta["sha256"]:
+        report.problems.append(f"{VECTORS} does not have the sha256 recorded in {SIDECAR}")
+        return
+    try:
+        index = backend.read_index(root / VECTORS, sha256=meta["sha256"])
+    except (OSError, IndexFormatError) as exc:
+        report.problems.append(str(exc))
+        return
+    if backend.dim(index) != vectors.shape[1]:
+        report.problems.append(
+            f"{VECTORS} holds {backend.dim(index)}-d vectors, the index {vectors.shape[1]}-d"
+        )
+        return
+    faiss_ids, faiss_vectors = backend.contents(index)
+    if faiss_ids.size != ids.size:
+        report.problems.append(
+            f"{VECTORS} holds {faiss_ids.size} vectors, the records {ids.size} items"
+        )
+    elif not np.array_equal(faiss_ids, ids):
+        report.problems.append(
+            f"{VECTORS} holds other ids than the records "
+            f"({_ids(np.setxor1d(faiss_ids, ids))} are in only one of them)"
+        )
+    elif not np.array_equal(faiss_vectors, vectors):
+        differ = ids[~(faiss_vectors == vectors).all(axis=1)]
+        report.problems.append(f"{VECTORS} holds other vectors than the records for {_ids(differ)}")
+
+
+def repair_index(path: str | os.PathLike[str]) -> list[str]:
+    """Under the writer lock: remove temp files left by interrupted writes and rebuild the FAISS
+    file and its sidecar from the records. The manifest and records are not changed (they are
+    the truth); IndexStoreError if they cannot be read. Returns what was done."""
+    root = Path(path)
+    with writer_lock(root).held(DEFAULT_TIMEOUT):
+        stray = [p.name for p in temp_files(root)]
+        with IndexStore.open(root) as store, store.writing():
+            n = store.rebuild_cache()
+    return [f"removed {name}" for name in stray] + [
+        f"rebuilt {VECTORS} and {SIDECAR} from the {n} records"
+    ]
