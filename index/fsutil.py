@@ -1,7 +1,9 @@
-"""Crash-safe file writes (a temp file beside the target, fsync, rename) and file hashing."""
+"""Crash-safe file writes (a temp file beside the target, fsync, rename), folder swaps, hashing."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import secrets
@@ -61,6 +63,45 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
     """Replace ``target`` with ``data`` so that a crash leaves either the old or the new file."""
     with replacing(target) as tmp:
         tmp.write_bytes(data)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _load_renameat2() -> ctypes._CFuncPtr | None:
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+
+
+_renameat2 = _load_renameat2()
+
+
+def aside_name(path: Path) -> Path:
+    """Where ``exchange`` parks ``path`` when it has to swap by renames."""
+    return path.parent / f".{path.name}.replaced"
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``): a
+    reader of either path sees the old or the new entry, never none. Where the system cannot,
+    by three renames, during which ``b`` is briefly missing (parked at ``aside_name(b)``)."""
+    a, b = Path(a), Path(b)
+    if _renameat2 is not None:
+        done = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+        if done == 0:
+            _fsync_dir(b.parent)
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(a), None, str(b))
+    aside = aside_name(b)
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
+    _fsync_dir(b.parent)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

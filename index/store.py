@@ -147,6 +147,8 @@ class IndexStore:
         self._lock = writer_lock(root)
         self._lock_timeout = lock_timeout
         self._write_depth = 0
+        self._bulk_depth = 0
+        self._cache_behind = False
         self._index: Any = None
         self._generation = -1
         if new:
@@ -472,6 +474,22 @@ class IndexStore:
             finally:
                 self._write_depth -= 1
 
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Hold the writer lock for many writes in a row and rewrite the FAISS cache once, when
+        the block ends, instead of after each write (build-index fills its index this way).
+        Every write is still committed when it returns; if the process dies inside the block,
+        the cache is merely stale and rebuilt from the records on the next open."""
+        with self.writing():
+            self._bulk_depth += 1
+            try:
+                yield
+            finally:
+                self._bulk_depth -= 1
+            if not self._bulk_depth and self._cache_behind:
+                self._save_cache(self._index, self._generation)
+                self._cache_behind = False
+
     def _apply(self, generation: int, change: Callable[[Any], object]) -> None:
         """Follow a committed write: apply it in memory when it is the only one since the last
         sync, else reload from the records; then rewrite the cache."""
@@ -484,7 +502,10 @@ class IndexStore:
             self._generation = -1
             raise
         self._generation = generation
-        self._save_cache(self._index, generation)
+        if self._bulk_depth:
+            self._cache_behind = True
+        else:
+            self._save_cache(self._index, generation)
 
     # --- writes -----------------------------------------------------------------------------
 

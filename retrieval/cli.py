@@ -104,6 +104,11 @@ def build_index_cmd(
     )
     _warn_skipped(report.skipped, "unreadable or non-image files")
     _warn_skipped(report.duplicates, "duplicate images")
+    if report.resumed:
+        click.echo(
+            f"resumed an interrupted build: {report.resumed} images were already embedded",
+            err=True,
+        )
     click.echo(
         f"indexed {report.added} images of {len(report.labels)} labels into {report.index} "
         f"({report.model}, {report.dim}-d) in {report.seconds:.1f} s "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,10 +95,18 @@ class Embedder:
         ]
         return np.concatenate(rows)
 
-    def embed_paths(
-        self, paths: Sequence[str | Path], progress: Progress | None = None
-    ) -> EmbedResult:
-        """Embed files; one that cannot be decoded is reported in ``failures``, never fatal."""
+    def iter_paths(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        chunk: int | None = None,
+        progress: Progress | None = None,
+    ) -> Iterator[EmbedResult]:
+        """Embed files in order, yielding a result for each run of ``chunk`` inputs (rounded up
+        to whole batches; the last run may be shorter), or one for all of them. ``ok`` indexes
+        into ``paths``. A file that cannot be decoded is reported in ``failures``, never fatal."""
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be at least 1, not {chunk}")
         dataset = _PathDataset(paths, self.transform)
         # Worker start-up costs more than it saves on a handful of images.
         workers = self.num_workers if len(dataset) > 2 * self.batch_size else 0
@@ -113,6 +121,8 @@ class Embedder:
         rows: list[np.ndarray] = []
         ok: list[int] = []
         failures: list[tuple[str, str]] = []
+        seen = 0
+        yielded = False
         for idx, batch, bad in loader:
             for i, err in bad:
                 log.debug("skipped %s", err)
@@ -122,5 +132,22 @@ class Embedder:
                 ok.extend(idx)
             if progress is not None:
                 progress(len(idx) + len(bad))
+            seen += len(idx) + len(bad)
+            if chunk is not None and seen >= chunk:
+                yield self._result(rows, ok, failures)
+                rows, ok, failures, seen, yielded = [], [], [], 0, True
+        if seen or not yielded:
+            yield self._result(rows, ok, failures)
+
+    def _result(
+        self, rows: list[np.ndarray], ok: list[int], failures: list[tuple[str, str]]
+    ) -> EmbedResult:
         vectors = np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
         return EmbedResult(vectors, ok, failures)
+
+    def embed_paths(
+        self, paths: Sequence[str | Path], progress: Progress | None = None
+    ) -> EmbedResult:
+        """Embed files; one that cannot be decoded is reported in ``failures``, never fatal."""
+        (result,) = self.iter_paths(paths, progress=progress)
+        return result

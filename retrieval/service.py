@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -14,7 +17,9 @@ import numpy as np
 
 from index import IndexStore
 from index.check import CheckReport, check_index, repair_index
-from index.errors import IndexExistsError, IndexFormatError
+from index.errors import IndexExistsError, IndexFormatError, IndexLockedError, IndexStoreError
+from index.fsutil import aside_name, exchange
+from index.lock import LOCK_FILE, writer_lock
 from index.store import MANIFEST
 from retrieval.classify import Neighbor, Prediction, vote
 from retrieval.data import Record, collect_images, scan_gallery, validate_label
@@ -29,6 +34,10 @@ if TYPE_CHECKING:
     from retrieval.embed import Embedder
     from retrieval.model import LoadedModel
 
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # images per commit of build-index and enroll (rounded up to whole batches)
+
 
 @dataclass
 class BuildReport:
@@ -40,10 +49,13 @@ class BuildReport:
     skipped: list[tuple[str, str]]
     duplicates: list[tuple[str, str]]
     seconds: float
+    resumed: int = 0
 
     @property
     def images_per_second(self) -> float:
-        return self.added / self.seconds if self.seconds > 0 else 0.0
+        """Images embedded per second by this run (those resumed from an earlier one left out)."""
+        embedded = self.added - self.resumed
+        return embedded / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -117,6 +129,13 @@ def _dedupe(
     return keep, dupes
 
 
+@dataclass
+class _Embedded:
+    added: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+
+
 def _embed_into(
     store: IndexStore,
     embedder: Embedder,
@@ -124,17 +143,105 @@ def _embed_into(
     shas: Sequence[str],
     progress: ProgressFactory,
     desc: str,
-) -> tuple[list[str], list[tuple[str, str]]]:
+) -> _Embedded:
+    """Embed ``records`` in order and commit them a chunk of CHUNK images at a time, each chunk
+    one transaction under the writer lock. Content another writer committed meanwhile is then
+    skipped as a duplicate, so an image never lands twice. Killed midway, the index holds the
+    readable images of the first whole chunks and nothing of the others."""
     paths = [r.path for r in records]
+    out = _Embedded()
     with progress(len(paths), desc) as bar:
-        result = embedder.embed_paths(paths, progress=bar.update)
-    store.add(
-        result.vectors,
-        [records[i].label for i in result.ok],
-        [str(Path(records[i].path).resolve()) for i in result.ok],
-        [shas[i] for i in result.ok],
-    )
-    return [str(paths[i]) for i in result.ok], result.failures
+        for part in embedder.iter_paths(paths, chunk=CHUNK, progress=bar.update):
+            out.failures.extend(part.failures)
+            with store.writing():
+                present = store.find_sha256([shas[i] for i in part.ok])
+                rows = [row for row, i in enumerate(part.ok) if shas[i] not in present]
+                new = [part.ok[row] for row in rows]
+                store.add(
+                    part.vectors[rows],
+                    [records[i].label for i in new],
+                    [str(Path(records[i].path).resolve()) for i in new],
+                    [shas[i] for i in new],
+                )
+            out.added.extend(str(paths[i]) for i in new)
+            out.duplicates.extend(
+                (str(paths[i]), f"already indexed as {item.path} ({item.label})")
+                for i in part.ok
+                if (item := present.get(shas[i])) is not None
+            )
+    return out
+
+
+def staging_dir(index_dir: str | Path) -> Path:
+    """Where build-index builds the index that is to replace ``index_dir``: a hidden sibling
+    folder, kept when a build is interrupted, so that the same command resumes it."""
+    target = Path(index_dir)
+    return target.parent / f".{target.name}.building"
+
+
+def _stray_builds(target: Path) -> list[Path]:
+    """Folders beside ``target`` that interrupted builds left and nothing will use: the
+    pid-named staging and old folders of earlier versions (of processes that are gone), and a
+    parked old index (see fsutil.exchange) once ``target`` is in place again."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:building|old)-(\d+)")
+    found = []
+    for entry in sorted(target.parent.iterdir()) if target.parent.is_dir() else []:
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_dir() and not _alive(int(match.group(1))):
+            found.append(entry)
+    aside = aside_name(target)
+    if aside.is_dir() and target.exists():
+        found.append(aside)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        pass
+    return True
+
+
+def _holds_files(folder: Path) -> bool:
+    return any(e.name != LOCK_FILE for e in folder.iterdir())
+
+
+def _open_staging(staging: Path, model: dict[str, Any]) -> tuple[IndexStore, bool]:
+    """The index in ``staging`` if it was begun with the same model (True), else a new one."""
+    if IndexStore.is_index(staging):
+        try:
+            store = IndexStore.open(staging)
+        except IndexStoreError as exc:
+            log.info("starting %s afresh: %s", staging, exc)
+        else:
+            if store.model == json.loads(json.dumps(model)):  # as the manifest holds it
+                return store, True
+            store.close()
+            log.info("starting %s afresh: it was begun with another model", staging)
+    return IndexStore.create(staging, model["dim"], model, overwrite=True), False
+
+
+def _resume(
+    store: IndexStore, records: Sequence[Record], shas: Sequence[str]
+) -> tuple[list[int], int]:
+    """Which of ``records`` still need embedding into a staging index: those it does not hold
+    with the same path, content and label. Staged items that are not part of this build (files
+    changed, removed, or of another gallery) are removed. Returns (indices to embed, how many
+    staged items are kept)."""
+    planned = {
+        (str(Path(r.path).resolve()), sha, r.label) for r, sha in zip(records, shas, strict=True)
+    }
+    staged = {(item.path, item.sha256, item.label): item.id for item in store.items()}
+    store.remove_ids([i for key, i in staged.items() if key not in planned])
+    todo = [
+        i
+        for i, (r, sha) in enumerate(zip(records, shas, strict=True))
+        if (str(Path(r.path).resolve()), sha, r.label) not in staged
+    ]
+    return todo, len(records) - len(todo)
 
 
 def build_index(
@@ -149,14 +256,17 @@ def build_index(
 ) -> BuildReport:
     """Embed every image of a folder-per-label gallery into a new index at ``index_dir``.
 
-    The index is built in a sibling folder and moved into place only when complete, so an
-    existing index is untouched until the new one is whole.
+    The index is built in ``staging_dir(index_dir)`` under that folder's writer lock, committed
+    a chunk of CHUNK images at a time, and swapped into place in one atomic step only when
+    complete: an existing index is untouched until then. An interrupted build is resumed by
+    the same command: images the staging folder holds with the same path and content are not
+    embedded again (anything else in it is dropped); begun with another model, it starts over.
     """
     target = Path(index_dir)
     if IndexStore.is_index(target):
         if not force:
             raise IndexExistsError(f"{target} already holds an index; pass --force to replace it")
-    elif target.exists() and (not target.is_dir() or any(target.iterdir())):
+    elif target.exists() and (not target.is_dir() or _holds_files(target)):
         raise IndexExistsError(f"{target} exists and is not an index; choose another --index")
     scan = scan_gallery(gallery)
     from retrieval.embed import Embedder
@@ -167,45 +277,66 @@ def build_index(
     start = time.perf_counter()
     shas = _hash_records(scan.records)
     keep, dupes = _dedupe(scan.records, shas, {})
+    records = [scan.records[i] for i in keep]
+    shas = [shas[i] for i in keep]
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    for stray in _stray_builds(target):
+        shutil.rmtree(stray, ignore_errors=True)
+    staging = staging_dir(target)
+    staging.mkdir(exist_ok=True)
+    lock = writer_lock(staging)
+    if not lock.acquire(timeout=0):
+        raise IndexLockedError(
+            f"another build-index into {target} is running{lock.holder()}; wait for it to end"
+        )
     try:
-        with IndexStore.create(staging, embedder.dim, loaded.describe()) as store:
-            records = [scan.records[i] for i in keep]
-            added, failures = _embed_into(
-                store, embedder, records, [shas[i] for i in keep], progress, "embedding"
+        store, resuming = _open_staging(staging, loaded.describe())
+        with store, store.bulk():
+            todo, resumed = _resume(store, records, shas) if resuming else (range(len(records)), 0)
+            embedded = _embed_into(
+                store,
+                embedder,
+                [records[i] for i in todo],
+                [shas[i] for i in todo],
+                progress,
+                "embedding",
             )
             labels = store.label_counts()
-        if not added:
+            total = len(store)
+        if total == 0:
+            shutil.rmtree(staging)
             raise InputError(f"no image in {gallery} could be read; nothing indexed")
         _swap_into_place(staging, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        lock.release()
     return BuildReport(
         index=target,
         model=loaded.name,
         dim=embedder.dim,
-        added=len(added),
+        added=total,
         labels=labels,
-        skipped=scan.skipped + failures,
-        duplicates=dupes,
+        skipped=scan.skipped + embedded.failures,
+        duplicates=dupes + embedded.duplicates,
         seconds=time.perf_counter() - start,
+        resumed=resumed,
     )
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:
+    """Put the complete index at ``staging`` where ``target`` is, in one atomic step; an index
+    there is swapped out under its writer lock (no write of it is cut short), then deleted."""
     if not target.exists():
-        staging.rename(target)
+        try:
+            os.rename(staging, target)
+        except OSError as exc:
+            raise IndexExistsError(f"cannot move the new index into {target}: {exc}") from exc
         return
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
-        staging.rename(target)
-        return
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    if IndexStore.is_index(target):
+        with writer_lock(target).held():
+            exchange(staging, target)
+    else:
+        exchange(staging, target)
+    shutil.rmtree(staging)
 
 
 def model_for(
@@ -291,7 +422,12 @@ def enroll(
     batch_size: int = 32,
     progress: ProgressFactory = no_progress,
 ) -> EnrollReport:
-    """Add images under ``label`` (new or existing); content already indexed is skipped."""
+    """Add images under ``label`` (new or existing); content already indexed is skipped.
+
+    The images are committed a chunk of CHUNK at a time (in the order ``collect_images`` gives
+    them): if the command is killed, the index holds the readable images of its first whole
+    chunks, and running it again adds the rest (the others are then already indexed).
+    """
     validate_label(label)
     with IndexStore.open(index_dir) as store:
         scan = collect_images(list(inputs))
@@ -299,13 +435,12 @@ def enroll(
         loaded = model_for(store, model)
         shas = _hash_records(records)
         keep, dupes = _dedupe(records, shas, store.find_sha256(shas))
-        added: list[str] = []
-        failures: list[tuple[str, str]] = []
+        embedded = _Embedded()
         if keep:
             from retrieval.embed import Embedder
 
             embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
-            added, failures = _embed_into(
+            embedded = _embed_into(
                 store,
                 embedder,
                 [records[i] for i in keep],
@@ -313,12 +448,18 @@ def enroll(
                 progress,
                 "enrolling",
             )
-            if not added:
+            if not embedded.added and not embedded.duplicates:
                 raise InputError(
                     f"none of the images for {label!r} could be read; nothing enrolled"
                 )
         total = store.label_counts().get(label, 0)
-    return EnrollReport(label, added, dupes, scan.skipped + failures, total)
+    return EnrollReport(
+        label,
+        embedded.added,
+        dupes + embedded.duplicates,
+        scan.skipped + embedded.failures,
+        total,
+    )
 
 
 def remove(index_dir: str | Path, *, label: str | None = None, path: str | None = None) -> int:
@@ -355,11 +496,15 @@ def info(index_dir: str | Path) -> Info:
 
 
 def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
-    """Verify that an index's manifest, records, FAISS file and sidecar agree. With ``repair``,
-    rebuild the FAISS file and sidecar from the records and remove the temp files of interrupted
-    writes (under the writer lock), then check again; damaged records or manifest are reported,
-    never repaired: they are the truth the rest is derived from."""
-    report = check_index(index_dir)
+    """Verify that an index's manifest, records, FAISS file and sidecar agree, and note what
+    interrupted builds left beside it. With ``repair``, rebuild the FAISS file and sidecar from
+    the records, remove the temp files of interrupted writes and the stray folders of
+    interrupted builds (under the writer lock), then check again. Damaged records or manifest
+    are reported, never repaired: they are the truth the rest is derived from; a resumable
+    build's staging folder is kept."""
+    target = Path(index_dir)
+    report = check_index(target)
+    report.notes.extend(_build_notes(target))
     if not repair:
         return report
     if not report.source_ok:
@@ -368,10 +513,34 @@ def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
             "derived from them; rebuild the index with 'retrieve build-index'"
         )
         return report
-    done = repair_index(index_dir)
-    report = check_index(index_dir)
+    done = repair_index(target)
+    for stray in _stray_builds(target):
+        shutil.rmtree(stray)
+        done.append(f"removed {stray}")
+    report = check_index(target)
+    report.notes.extend(_build_notes(target))
     report.repaired = done
     return report
+
+
+def _build_notes(target: Path) -> list[str]:
+    notes = [
+        f"{stray} was left by an interrupted build-index; the next build-index or "
+        "check --repair removes it"
+        for stray in _stray_builds(target)
+    ]
+    staging = staging_dir(target)
+    if staging.is_dir():
+        lock = writer_lock(staging)
+        if lock.acquire(timeout=0):
+            lock.release()
+            notes.append(
+                f"{staging} holds an interrupted build-index: the same build-index command "
+                "resumes it; delete the folder to discard it"
+            )
+        else:
+            notes.append(f"a build-index into {target} is running{lock.holder()}")
+    return notes
 
 
 def evaluate(

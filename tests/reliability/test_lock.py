@@ -7,9 +7,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -20,37 +17,7 @@ from index import IndexLockedError, IndexStore
 from index.lock import writer_lock
 
 from ..index.helpers import DIM, MODEL, add_items, cache_is_current, unit_rows
-
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def python(script: str, *args: object) -> subprocess.Popen[str]:
-    """A Python subprocess running ``script`` (dedented), stdout piped, with the repo importable."""
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-HOLD = """
-    import sys, time
-    from index.lock import writer_lock
-    lock = writer_lock(sys.argv[1])
-    assert lock.acquire(timeout=10)
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
-"""
-
-
-def hold_lock(root: Path, seconds: float) -> subprocess.Popen[str]:
-    """Another process holding the writer lock of ``root`` for ``seconds``, once it says so."""
-    proc = python(HOLD, root, seconds)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-    return proc
+from .conftest import hold_lock, python
 
 
 @pytest.fixture
