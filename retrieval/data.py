@@ -8,15 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.errors import GalleryError, InputError
-from retrieval.images import is_image_name
+from retrieval.images import Box, is_image_name
 
 MAX_LABEL_LENGTH = 200
 
 
 @dataclass(frozen=True)
 class Record:
+    """One labelled image; ``box`` is the region to use (left, top, right, bottom, in pixels of the
+    full-size upright image, right and bottom exclusive), None for the whole image."""
+
     path: Path
     label: str
+    box: Box | None = None
 
 
 @dataclass

@@ -3,42 +3,69 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from retrieval.errors import ImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # A 50-megapixel photo is legitimate; a "decompression bomb" claims far more.
 MAX_PIXELS = 120_000_000
+# EXIF orientations that turn the stored image by a quarter: width and height trade places.
+_SWAPS_SIDES = frozenset({5, 6, 7, 8})
+
+Box = tuple[int, int, int, int]
 
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
-    """Decode ``path`` to an upright RGB image.
+def load_rgb(path: str | Path, min_side: int | None = None, box: Box | None = None) -> Image.Image:
+    """Decode ``path`` to an upright RGB image, or to the region ``box`` of it.
 
-    With ``min_side``, JPEGs are decoded at the smallest DCT scale whose shorter side is still at
+    ``box`` is (left, top, right, bottom) in pixels of the full-size upright image (after EXIF
+    orientation), right and bottom exclusive; it is clamped to the image. With ``min_side``, JPEGs
+    are decoded at the smallest DCT scale whose shorter side (of the box, when given) is still at
     least ``min_side`` (far faster for big photos). Raises ImageError naming the file.
     """
     p = Path(path)
+    with _image_errors(p):
+        img = Image.open(p)
+        if img.width * img.height > MAX_PIXELS:
+            raise ImageError(
+                f"{p}: {img.width}x{img.height} image is over the limit of {MAX_PIXELS:,} pixels"
+            )
+        region = None if box is None else _clamp(p, box, _upright_size(img))
+        scale = 1.0
+        if min_side is not None and img.format == "JPEG":
+            scale = _draft(img, min_side, region)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if region is not None:
+            img = img.crop(_scaled(region, scale, img.size))
+        return _to_rgb(img)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the upright image (after EXIF orientation), read from the header only."""
+    p = Path(path)
+    with _image_errors(p), Image.open(p) as img:
+        return _upright_size(img)
+
+
+@contextmanager
+def _image_errors(p: Path) -> Iterator[None]:
+    """Turn whatever decoding raises into an ImageError naming ``p``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(p)
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageError(
-                    f"{p}: {img.width}x{img.height} image is over the limit of {MAX_PIXELS:,} pixels"
-                )
-            if min_side is not None and img.format == "JPEG":
-                img.draft("RGB", (min_side, min_side))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            yield
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -48,6 +75,47 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
     except (OSError, ValueError, SyntaxError) as exc:
         reason = str(exc) or type(exc).__name__
         raise ImageError(f"{p}: not a readable image ({reason})") from exc
+
+
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    return (img.height, img.width) if orientation in _SWAPS_SIDES else img.size
+
+
+def _clamp(p: Path, box: Box, size: tuple[int, int]) -> Box:
+    left, top, right, bottom = box
+    clamped = (max(left, 0), max(top, 0), min(right, size[0]), min(bottom, size[1]))
+    if clamped[0] >= clamped[2] or clamped[1] >= clamped[3]:
+        raise ImageError(f"{p}: box {box} holds no pixel of the {size[0]}x{size[1]} image")
+    return clamped
+
+
+def _draft(img: Image.Image, min_side: int, region: Box | None) -> float:
+    """Ask for the coarsest DCT scale that keeps the shorter side (of ``region`` when given) at
+    least ``min_side``; the factor that divides the full-size coordinates."""
+    if region is None:
+        request = (min_side, min_side)
+    else:
+        short = min(region[2] - region[0], region[3] - region[1])
+        request = (
+            math.ceil(img.width * min_side / short),
+            math.ceil(img.height * min_side / short),
+        )
+    original_width = img.width
+    chosen = img.draft("RGB", request)
+    # draft() answers with where the full-size image lies in the reduced one: (0, 0, w/s, h/s).
+    return 1.0 if chosen is None else original_width / chosen[1][2]
+
+
+def _scaled(region: Box, scale: float, size: tuple[int, int]) -> Box:
+    """``region`` in the coordinates of an image decoded at 1/``scale``, rounded outwards."""
+    left, top, right, bottom = region
+    return (
+        math.floor(left / scale),
+        math.floor(top / scale),
+        min(math.ceil(right / scale), size[0]),
+        min(math.ceil(bottom / scale), size[1]),
+    )
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
