@@ -1,0 +1,102 @@
+"""Fine-grained benchmarks in their official layouts as records: format detection and loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from retrieval.data import Record, scan_gallery
+from retrieval.datasets import aircraft, cars, cub, flowers102
+from retrieval.datasets.common import (
+    CROPS,
+    LEVELS,
+    SPLITS,
+    check_options,
+    find_data_root,
+    looked_for,
+)
+from retrieval.errors import GalleryError, InputError
+
+FORMATS = ("folder", "cub", "flowers102", "cars", "aircraft")
+_READERS = {"cub": cub, "flowers102": flowers102, "cars": cars, "aircraft": aircraft}
+
+__all__ = ["CROPS", "FORMATS", "LEVELS", "SPLITS", "detect_format", "load_dataset"]
+
+
+def detect_format(root: str | Path) -> str:
+    """The format of ``root`` from the files present: a benchmark whose metadata files are there,
+    else "folder" when it has sub-folders (one per label). GalleryError when it is neither, or
+    looks like more than one benchmark."""
+    root = _existing_folder(root)
+    found = [name for name, reader in _READERS.items() if _data_root(reader, root) is not None]
+    if len(found) > 1:
+        raise GalleryError(
+            f"{root} looks like more than one dataset ({', '.join(found)}); "
+            f"choose one with the format option"
+        )
+    if found:
+        return found[0]
+    if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        return "folder"
+    wanted = "; ".join(
+        f"{name}: {looked_for(root, reader.MARKERS, reader.PLACES)}"
+        for name, reader in _READERS.items()
+    )
+    raise GalleryError(
+        f"cannot tell the format of {root}: it has no label sub-folders (folder) and {wanted}"
+    )
+
+
+def load_dataset(
+    root: str | Path,
+    *,
+    format: str = "auto",
+    split: str = "all",
+    crop: str = "none",
+    level: str = "variant",
+) -> list[Record]:
+    """The records of ``root`` read as ``format`` ("auto": detected), restricted to ``split``,
+    boxed to the annotated object with ``crop="bbox"``, labelled at ``level`` (aircraft).
+
+    Splits: "all"; "train"/"test", the official classification split; "retrieval-train" /
+    "retrieval-test", the class-disjoint retrieval split (the reader modules say which classes).
+    Bad option values raise InputError, a bad dataset folder GalleryError.
+    """
+    if format != "auto" and format not in FORMATS:
+        raise InputError(f"unknown format {format!r}; choose auto or one of {', '.join(FORMATS)}")
+    root = _existing_folder(root)
+    if format == "auto":
+        format = detect_format(root)
+    if format == "folder":
+        check_options("a folder gallery", split, crop, level, boxes=False, levels=False)
+        if split != "all":
+            raise InputError(
+                f"split {split!r} needs a dataset with official splits; a folder gallery has only 'all'"
+            )
+        return scan_gallery(root).records
+    reader = _READERS[format]
+    check_options(
+        reader.NAME, split, crop, level, boxes=reader is not flowers102, levels=reader is aircraft
+    )
+    data_root = _data_root(reader, root)
+    if data_root is None:
+        found = looked_for(root, reader.MARKERS, reader.PLACES)
+        raise GalleryError(f"{root} is not a {reader.NAME} folder: {found}")
+    if reader is flowers102:
+        return flowers102.load(data_root, split)
+    if reader is aircraft:
+        return aircraft.load(data_root, split, crop, level)
+    return reader.load(data_root, split, crop)
+
+
+def _data_root(reader: ModuleType, root: Path) -> Path | None:
+    return find_data_root(root, reader.MARKERS, reader.PLACES)
+
+
+def _existing_folder(root: str | Path) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise GalleryError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise GalleryError(f"dataset {root} is not a folder")
+    return root
