@@ -39,6 +39,7 @@ TRAINED_ROWS = {
     "contrastive": replace(OURS, loss="contrastive", miner="hard-pairs"),
     "ours": OURS,
     "ours+attention": replace(OURS, attention=True),
+    "ours-whiten512": replace(OURS, dim=512),
 }
 FROZEN_ROWS = {
     "frozen-avg": ModelSpec(pooling="avg"),
