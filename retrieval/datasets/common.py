@@ -119,12 +119,13 @@ def read_table(path: Path, fields: int, *, rest: bool = False) -> list[tuple[Ori
 
 def to_int(origin: Origin, value: Any, what: str) -> int:
     """``value`` as an integer (an integral float too), or GalleryError quoting ``origin``."""
+    shown = repr(value) if isinstance(value, str) else str(value)
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise origin.error(f"{what} {value!r} is not a number") from None
+        raise origin.error(f"{what} {shown} is not a number") from None
     if not number.is_integer():
-        raise origin.error(f"{what} {value!r} is not a whole number")
+        raise origin.error(f"{what} {shown} is not a whole number")
     return int(number)
 
 
