@@ -178,3 +178,15 @@ def test_class_names_that_collide_or_are_not_text(cars_root: Path):
     scipy.io.savemat(cars_root / "devkit" / "cars_meta.mat", {"class_names": cell})
     with pytest.raises(GalleryError, match=r"class_names\[1\]: class name is not text: '7'$"):
         load_dataset(cars_root)
+
+
+def test_annotation_number_that_is_text(cars_root: Path):
+    mat = scipy.io.loadmat(cars_root / "devkit" / "cars_train_annos.mat")
+    mat["annotations"][0, 2]["class"] = np.array(["three"])
+    scipy.io.savemat(
+        cars_root / "devkit" / "cars_train_annos.mat", {"annotations": mat["annotations"]}
+    )
+    with pytest.raises(
+        GalleryError, match=r"annotations\[2\]: class is not a number: .*class=three, "
+    ):
+        load_dataset(cars_root, split="train")

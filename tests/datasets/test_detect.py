@@ -10,6 +10,7 @@ from retrieval.data import validate_label
 from retrieval.datasets import FORMATS, detect_format, load_dataset
 from retrieval.errors import GalleryError, InputError
 
+from ..conftest import need_shared
 from .conftest import lines
 
 FIXTURES = {
@@ -89,3 +90,11 @@ def test_missing_root_or_a_file(tmp_path: Path):
     lines(tmp_path / "f.txt", ["x"])
     with pytest.raises(GalleryError, match="dataset .*f.txt is not a folder"):
         load_dataset(tmp_path / "f.txt")
+
+
+@pytest.mark.data
+def test_real_folder_gallery_is_detected_as_folder():
+    root = need_shared("cub50-dev")
+    assert detect_format(root) == "folder"
+    records = load_dataset(root)
+    assert len({r.label for r in records}) == 50 and len(records) > 2000
