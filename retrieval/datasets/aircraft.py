@@ -43,9 +43,8 @@ def load(root: Path, split: str, crop: str, level: str) -> list[Record]:
     labels = Labels()
     entries = []
     seen: dict[str, str] = {}
-    for part, train in (("trainval", True), ("test", False)):
-        if split == ("test" if train else "train"):
-            continue
+    for part in {"train": ("trainval",), "test": ("test",)}.get(split, ("trainval", "test")):
+        train = part == "trainval"
         path = require(root, f"images_{level}_{part}.txt", NAME)
         for origin, (image_id, name) in read_table(path, 2, rest=True):
             if image_id in seen:
