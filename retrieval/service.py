@@ -434,7 +434,9 @@ def enroll(
         records = [Record(r.path, label) for r in scan.records]
         loaded = model_for(store, model)
         shas = _hash_records(records)
-        keep, dupes = _dedupe(records, shas, store.find_sha256(shas))
+        with store.writing():  # a writer, even with nothing to add: leftovers of killed ones go
+            known = store.find_sha256(shas)
+        keep, dupes = _dedupe(records, shas, known)
         embedded = _Embedded()
         if keep:
             from retrieval.embed import Embedder

@@ -17,6 +17,9 @@ from ..conftest import write_image
 
 REPORT_ENV = "RETRIEVE_RELIABILITY_REPORT"
 REPO = Path(__file__).resolve().parents[2]
+# Several commands run at once on few cores: one compute thread each keeps torch's thread pools
+# from fighting over the cores (a run takes half the time on a busy 2-core machine).
+COMMAND_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 _report_lock = threading.Lock()
 
 
@@ -81,7 +84,7 @@ def retrieve(*args: object, timeout: float = 120) -> subprocess.CompletedProcess
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        env=COMMAND_ENV,
     )
 
 

@@ -1,0 +1,145 @@
+"""Concurrent writers and readers: 2 and 4 real ``retrieve enroll`` processes into one index at
+once, while searches (in-process) and ``retrieve query --json`` / ``retrieve info --json``
+(subprocesses) run in a loop: every image lands exactly once, ``retrieve check`` passes, and
+no read ever fails or returns a malformed answer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import IndexStore
+from retrieval import service
+
+from ..conftest import write_image
+from .conftest import COMMAND_ENV, palette, record, retrieve, retrieve_exe, write_gallery
+
+# Subprocess-heavy (minutes): run with the reliability folder, not in the quick suite.
+pytestmark = pytest.mark.slow
+
+OWN, SHARED, K = 300, 40, 5  # per writer: 300 images of its own (2 chunks), 40 all writers share
+
+
+def _reader_loop(root: Path, stop: threading.Event, seen: dict[str, int]) -> None:
+    """Search the index until told to stop; every answer must be well formed."""
+    rng = np.random.default_rng(0)
+    with IndexStore.open(root) as store:
+        while not stop.is_set():
+            queries = rng.normal(size=(4, store.dim)).astype(np.float32)
+            for row in store.search(queries, K):
+                assert len(row) == K
+                scores = [h.score for h in row]
+                assert scores == sorted(scores, reverse=True)
+                assert len({h.id for h in row}) == K
+                assert all(isinstance(h.label, str) and h.path.endswith(".png") for h in row)
+            seen["searches"] += 1
+
+
+def _command_loop(root: Path, image: Path, stop: threading.Event, seen: dict[str, int]) -> None:
+    """Run ``retrieve query --json`` and ``retrieve info --json`` until told to stop."""
+    while not stop.is_set():
+        for args in (["query", image, "-k", K, "--json"], ["info", "--json"]):
+            done = subprocess.run(
+                [retrieve_exe(), *map(str, args), "--index", str(root)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=COMMAND_ENV,
+            )
+            assert done.returncode == 0, done.stderr
+            answer = json.loads(done.stdout)
+            if args[0] == "query":
+                assert set(answer) == {"query", "label", "confidence", "neighbors"}
+                assert len(answer["neighbors"]) == K
+                seen["queries"] += 1
+            else:
+                assert answer["count"] == sum(answer["labels"].values()) >= 12
+                seen["infos"] += 1
+
+
+@pytest.mark.parametrize("writers", [2, 4])
+def test_concurrent_enrolls_land_every_image_once(tmp_path: Path, writers: int):
+    root = tmp_path / "idx"
+    service.build_index(write_gallery(tmp_path / "base", 3, 4), root, model="tiny")
+    colors = palette(writers + 5)[5:]
+    shared = [
+        write_image(tmp_path / "shared" / f"s{j:03d}.png", (9, 9, 9), 7000 + j, 24)
+        for j in range(SHARED)
+    ]
+    folders = []
+    for w in range(writers):
+        folder = tmp_path / f"writer{w}"
+        for j in range(OWN):
+            write_image(folder / f"w{j:03d}.png", colors[w], 10_000 * (w + 1) + j, 24)
+        for path in shared:  # the same content, enrolled by every writer at once
+            shutil.copy(path, folder / path.name)
+        folders.append(folder)
+    query = write_image(tmp_path / "q.png", colors[0], 1, 24)
+
+    stop = threading.Event()
+    seen = {"searches": 0, "queries": 0, "infos": 0}
+    failures: list[BaseException] = []
+
+    def guarded(target, *args) -> None:
+        try:
+            target(*args)
+        except BaseException as exc:
+            failures.append(exc)
+            stop.set()
+
+    readers = [
+        threading.Thread(target=guarded, args=(_reader_loop, root, stop, seen)),
+        threading.Thread(target=guarded, args=(_command_loop, root, query, stop, seen)),
+    ]
+    for thread in readers:
+        thread.start()
+    procs = [
+        subprocess.Popen(
+            [retrieve_exe(), "enroll", f"writer{w}", str(folders[w]), "--index", str(root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=COMMAND_ENV,
+        )
+        for w in range(writers)
+    ]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    stop.set()
+    for thread in readers:
+        thread.join(timeout=300)
+    if failures:
+        raise failures[0]
+    assert [proc.returncode for proc in procs] == [0] * writers, outputs
+
+    enrolled = [int(out.split()[1]) for out in outputs]
+    assert sum(enrolled) == writers * OWN + SHARED
+    with IndexStore.open(root) as store:
+        items = store.items()
+        counts = store.label_counts()
+    shas = [item.sha256 for item in items]
+    assert len(shas) == len(set(shas)), "an image landed twice"
+    assert len(items) == 12 + writers * OWN + SHARED
+    for w in range(writers):
+        own = {str((folders[w] / f"w{j:03d}.png").resolve()) for j in range(OWN)}
+        assert own <= {item.path for item in items if item.label == f"writer{w}"}
+        assert counts[f"writer{w}"] == enrolled[w]
+    assert retrieve("check", "--index", root).returncode == 0
+    assert seen["searches"] > 0 and seen["queries"] > 0
+    record(
+        f"{writers} retrieve enroll processes at once, readers looping",
+        writers=writers,
+        images_per_writer=OWN + SHARED,
+        shared_images=SHARED,
+        items_after=len(items),
+        duplicates=len(shas) - len(set(shas)),
+        in_process_searches=seen["searches"],
+        query_commands=seen["queries"],
+        info_commands=seen["infos"],
+        read_errors=len(failures),
+    )
