@@ -59,7 +59,7 @@ KILLS = 20
 WORKERS = 2
 CHUNK = service.CHUNK
 ENROLL_IMAGES = 600  # 2 whole chunks and a rest of 88
-BUILD_LABELS, BUILD_PER_LABEL = 4, 150  # 600 images: 2 whole chunks and a rest of 88
+BUILD_LABELS, BUILD_PER_LABEL = 4, 250  # 1000 images: 3 whole chunks and a rest of 232
 REMOVE_ITEMS = 40_000  # half of them under the label removed
 
 
