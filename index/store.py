@@ -357,6 +357,8 @@ class IndexStore:
             log.info("not rewriting %s: %s", self._root / VECTORS, exc)
             return
         try:
+            if self._replaced():
+                return
             if self._write_depth == 0:
                 self._remove_stale_temps()
             if self._records().generation == self._generation:
@@ -364,8 +366,16 @@ class IndexStore:
         finally:
             self._lock.release()
 
+    def _replaced(self) -> bool:
+        """Whether the folder now holds another index than the one this store opened (swapped
+        in by ``build-index --force``): its files are then not this store's to read or write."""
+        return _file_id(self._root / RECORDS) != self._records_id
+
     def _read_cache(self, generation: int, count: int) -> Any:
         sidecar, vectors = self._root / SIDECAR, self._root / VECTORS
+        if self._replaced():
+            log.info("%s now holds another index; rebuilding from the records opened", self._root)
+            return None
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -461,7 +471,7 @@ class IndexStore:
         self._records()
         with self._lock.held(self._lock_timeout if timeout is None else timeout):
             if self._write_depth == 0:
-                if _file_id(self._root / RECORDS) != self._records_id:
+                if self._replaced():
                     raise IndexStoreError(
                         f"the index at {self._root} was replaced by another process while this "
                         "one was using it; run the command again"

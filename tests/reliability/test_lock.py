@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from index import IndexLockedError, IndexStore
+from index import IndexLockedError, IndexStore, IndexStoreError
+from index.fsutil import exchange
 from index.lock import writer_lock
 
 from ..index.helpers import DIM, MODEL, add_items, cache_is_current, unit_rows
@@ -212,3 +213,25 @@ def test_a_reader_never_writes_an_older_cache_over_a_newer_one(tmp_path: Path) -
     assert done == [True]
     assert wrote_while_rebuilding
     assert cache_is_current(root)
+
+
+def test_a_store_whose_folder_is_swapped_keeps_to_its_own_records(tmp_path: Path) -> None:
+    """build-index --force swaps another index into the folder of an open store: that store
+    must neither read the newcomer's cache as its own nor write its cache over it, even when
+    generation and size match."""
+    root, other = tmp_path / "idx", tmp_path / "other"
+    mine, theirs = unit_rows(21, seed=1), unit_rows(21, seed=2)
+    for folder, vectors, label in ((root, mine, "mine"), (other, theirs, "theirs")):
+        with IndexStore.create(folder, DIM, MODEL) as store:
+            add_items(store, vectors[:20], [label] * 20)
+    with IndexStore.open(root) as reader, IndexStore.open(root) as writer:
+        add_items(writer, mine[20:], ["mine"], start=20)  # the reader is now one write behind
+        with IndexStore.open(other) as store:
+            add_items(store, theirs[20:], ["theirs"], start=20)  # same size and generation
+        their_cache = {n: (other / n).read_bytes() for n in ("vectors.faiss", "vectors.faiss.json")}
+        exchange(other, root)
+        hits = reader.search(mine[:3], 1)
+        assert [(h[0].label, round(h[0].score, 4)) for h in hits] == [("mine", 1.0)] * 3
+        with pytest.raises(IndexStoreError, match="was replaced by another process"):
+            writer.remove_label("mine")
+    assert {n: (root / n).read_bytes() for n in their_cache} == their_cache
