@@ -143,3 +143,53 @@ def test_concurrent_enrolls_land_every_image_once(tmp_path: Path, writers: int):
         info_commands=seen["infos"],
         read_errors=len(failures),
     )
+
+
+def test_readers_never_fail_while_build_index_swaps_the_folder(tmp_path: Path):
+    """``retrieve build-index --force`` swaps a new index into the folder three times while a
+    reader opens and searches it in a loop: each open sees the old or the new index, whole."""
+    root = tmp_path / "idx"
+    small = write_gallery(tmp_path / "small", 2, 5)
+    big = write_gallery(tmp_path / "big", 3, 40, seed=300)
+    service.build_index(small, root, model="tiny")
+    stop = threading.Event()
+    sizes: set[int] = set()
+    reads = [0]
+    failures: list[BaseException] = []
+
+    def reader() -> None:
+        rng = np.random.default_rng(1)
+        try:
+            while not stop.is_set():
+                with IndexStore.open(root) as store:
+                    n = len(store)
+                    rows = store.search(rng.normal(size=(2, store.dim)), 3)
+                    assert [len(row) for row in rows] == [3, 3]
+                    assert {h.label for row in rows for h in row} <= {
+                        f"label{i:02d}" for i in range(3)
+                    }
+                    sizes.add(n)
+                    reads[0] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for gallery in (big, small, big):
+            done = retrieve("build-index", gallery, "--index", root, "--model", "tiny", "--force")
+            assert done.returncode == 0, done.stderr
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    if failures:
+        raise failures[0]
+    assert sizes == {10, 120}
+    assert retrieve("check", "--index", root).returncode == 0
+    record(
+        "reads while build-index --force swaps the folder",
+        swaps=3,
+        opens_and_searches=reads[0],
+        index_sizes_seen=sorted(sizes),
+        read_errors=len(failures),
+    )
