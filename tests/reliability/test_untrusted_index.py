@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from retrieval import service
 from retrieval.cli import main
+from retrieval.model import load_model, save_model_dir
 
 from ..conftest import COLORS, write_image
 
@@ -179,11 +181,18 @@ def test_tampered_model_entry_gives_one_line_naming_the_manifest(
         assert_one_line_error(cli(*commands(index, image)[name]), "manifest.json")
 
 
-def test_model_entry_pointing_elsewhere_is_refused_by_fingerprint(
-    index: Path, image: Path, tmp_path: Path
-):
+def test_model_entry_pointing_elsewhere_is_refused(index: Path, image: Path, tmp_path: Path):
     edit_manifest(**{"model.source": {"kind": "dir", "path": str(tmp_path / "nowhere")}})(index)
     assert_one_line_error(cli(*commands(index, image)["query"]), "nowhere")
+    net = load_model("tiny").net
+    with torch.no_grad():
+        next(net.parameters()).add_(0.01)  # another network that loads just as well
+    folder = save_model_dir(net, tmp_path / "other").parent
+    edit_manifest(**{"model.source": {"kind": "dir", "path": str(folder)}})(index)
+    for name in ("query", "enroll"):
+        result = cli(*commands(index, image)[name])
+        assert_one_line_error(result, str(index))
+        assert "was built with model tiny" in result.output
 
 
 def test_labels_stored_with_another_type_still_read_as_text(index: Path, image: Path):
