@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from collections.abc import Iterator
@@ -49,6 +50,54 @@ def _warn_skipped(skipped: list[tuple[str, str]], what: str) -> None:
         click.echo(f"warning: {len(skipped)} {what} skipped", err=True)
 
 
+def _dataset_options(f):
+    """--format, --split, --crop, --level, passed on as one ``dataset`` argument."""
+    from retrieval.datasets import CROPS, FORMATS, LEVELS, SPLITS
+
+    options = [
+        click.option(
+            "--format",
+            "format_",
+            type=click.Choice(["auto", *FORMATS]),
+            default="auto",
+            show_default=True,
+            help="Layout of the folder: one sub-folder per label, or a benchmark as distributed "
+            "(auto: detected from its metadata files).",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice(SPLITS),
+            default="all",
+            show_default=True,
+            help="train/test: the official split; retrieval-train/-test: the class-disjoint one.",
+        ),
+        click.option(
+            "--crop",
+            type=click.Choice(CROPS),
+            default="none",
+            show_default=True,
+            help="bbox: cut each image to its annotated bounding box (CUB, Cars, Aircraft).",
+        ),
+        click.option(
+            "--level",
+            type=click.Choice(LEVELS),
+            default="variant",
+            show_default=True,
+            help="Label level of FGVC-Aircraft.",
+        ),
+    ]
+
+    @functools.wraps(f)
+    def wrapper(*args, format_: str, split: str, crop: str, level: str, **kwargs):
+        from retrieval.datasets import DatasetOptions
+
+        return f(*args, dataset=DatasetOptions(format_, split, crop, level), **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 class _Group(click.Group):
     """Turns the library's typed errors into one line on stderr and a non-zero exit."""
 
@@ -87,10 +136,18 @@ def main() -> None:
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing index.")
+@_dataset_options
 def build_index_cmd(
-    gallery: Path, index_dir: Path, model: str, weights: str | None, batch_size: int, force: bool
+    gallery: Path,
+    index_dir: Path,
+    model: str,
+    weights: str | None,
+    batch_size: int,
+    force: bool,
+    dataset,
 ) -> None:
-    """Index GALLERY: one sub-folder per label, images at any depth below it."""
+    """Index GALLERY: one sub-folder per label (images at any depth below it), or a benchmark
+    in its official layout (CUB-200-2011, Flowers-102, Stanford Cars, FGVC-Aircraft)."""
     from retrieval import service
 
     report = service.build_index(
@@ -100,6 +157,7 @@ def build_index_cmd(
         weights=weights,
         batch_size=batch_size,
         force=force,
+        dataset=dataset,
         progress=_bar,
     )
     _warn_skipped(report.skipped, "unreadable or non-image files")
@@ -324,14 +382,18 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
     "--resume", is_flag=True, help="Continue an interrupted run in --out (its own settings)."
 )
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, **settings) -> None:
-    """Fine-tune an embedding network on DATA_DIR (one sub-folder per class) by metric learning."""
+@_dataset_options
+def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, dataset, **settings) -> None:
+    """Fine-tune an embedding network on DATA_DIR (one sub-folder per class, or a benchmark in its
+    official layout) by metric learning."""
     from retrieval.train import train
 
     try:
         cfg = TrainConfig(**settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    scan = dataset.scan(data_dir)
+    _warn_skipped(scan.skipped, "files that are not images")
 
     def show(row: dict) -> None:
         metrics = " ".join(f"{k} {row[k]:.4f}" for k in ("recall_at_1", "map_at_r") if k in row)
@@ -342,7 +404,7 @@ def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, **settings)
         click.echo(f"epoch {row['epoch']}: {loss}{metrics}", err=True)
 
     report = train(
-        data_dir, out, cfg, resume=resume, num_workers=workers, progress=_bar, on_epoch=show
+        scan.records, out, cfg, resume=resume, num_workers=workers, progress=_bar, on_epoch=show
     )
     click.echo(
         f"trained {report.out} in {report.seconds / 60:.1f} min; kept epoch {report.best_epoch}"
@@ -365,11 +427,17 @@ def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, **settings)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the enrolment draws.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_cmd(data_dir: Path, model: str, batch_size: int, seed: int, as_json: bool) -> None:
-    """Recall@K and MAP@R (leave-one-out) and the 1/5/10-shot enrolment curve on DATA_DIR."""
+@_dataset_options
+def evaluate_cmd(
+    data_dir: Path, model: str, batch_size: int, seed: int, as_json: bool, dataset
+) -> None:
+    """Recall@K and MAP@R (leave-one-out) and the 1/5/10-shot enrolment curve on DATA_DIR (one
+    sub-folder per class, or a benchmark in its official layout)."""
     from retrieval import service
 
-    m = service.evaluate(data_dir, model=model, batch_size=batch_size, seed=seed, progress=_bar)
+    m = service.evaluate(
+        data_dir, model=model, batch_size=batch_size, seed=seed, dataset=dataset, progress=_bar
+    )
     _warn_skipped(m.pop("skipped"), "unreadable or non-image files")
     if as_json:
         click.echo(json.dumps(m))

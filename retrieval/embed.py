@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from retrieval.errors import ImageError
-from retrieval.images import load_rgb
+from retrieval.images import Box, load_rgb
 from retrieval.model import EmbeddingNet
 from retrieval.transforms import EvalTransform
 
@@ -33,8 +33,16 @@ class EmbedResult:
 
 
 class _PathDataset(Dataset):
-    def __init__(self, paths: Sequence[str | Path], transform: EvalTransform) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        transform: EvalTransform,
+        boxes: Sequence[Box | None] | None = None,
+    ) -> None:
         self.paths = [str(p) for p in paths]
+        self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
+        if len(self.boxes) != len(self.paths):
+            raise ValueError(f"{len(self.boxes)} boxes for {len(self.paths)} paths")
         self.transform = transform
 
     def __len__(self) -> int:
@@ -42,7 +50,7 @@ class _PathDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            img = load_rgb(self.paths[i], min_side=self.transform.pre.resize)
+            img = load_rgb(self.paths[i], min_side=self.transform.pre.resize, box=self.boxes[i])
             return i, self.transform(img), ""
         except ImageError as exc:
             return i, None, str(exc)
@@ -99,15 +107,17 @@ class Embedder:
         self,
         paths: Sequence[str | Path],
         *,
+        boxes: Sequence[Box | None] | None = None,
         chunk: int | None = None,
         progress: Progress | None = None,
     ) -> Iterator[EmbedResult]:
-        """Embed files in order, yielding a result for each run of ``chunk`` inputs (rounded up
-        to whole batches; the last run may be shorter), or one for all of them. ``ok`` indexes
-        into ``paths``. A file that cannot be decoded is reported in ``failures``, never fatal."""
+        """Embed files in order (each cut to its box, if ``boxes`` gives one), yielding a result
+        for each run of ``chunk`` inputs (rounded up to whole batches; the last run may be
+        shorter), or one for all of them. ``ok`` indexes into ``paths``. A file that cannot be
+        decoded is reported in ``failures``, never fatal."""
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be at least 1, not {chunk}")
-        dataset = _PathDataset(paths, self.transform)
+        dataset = _PathDataset(paths, self.transform, boxes)
         # Worker start-up costs more than it saves on a handful of images.
         workers = self.num_workers if len(dataset) > 2 * self.batch_size else 0
         loader = DataLoader(
@@ -146,8 +156,12 @@ class Embedder:
         return EmbedResult(vectors, ok, failures)
 
     def embed_paths(
-        self, paths: Sequence[str | Path], progress: Progress | None = None
+        self,
+        paths: Sequence[str | Path],
+        progress: Progress | None = None,
+        boxes: Sequence[Box | None] | None = None,
     ) -> EmbedResult:
-        """Embed files; one that cannot be decoded is reported in ``failures``, never fatal."""
-        (result,) = self.iter_paths(paths, progress=progress)
+        """Embed files (each cut to its box, if ``boxes`` gives one); one that cannot be decoded
+        is reported in ``failures``, never fatal."""
+        (result,) = self.iter_paths(paths, boxes=boxes, progress=progress)
         return result

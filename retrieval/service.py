@@ -22,7 +22,8 @@ from index.fsutil import aside_name, exchange
 from index.lock import LOCK_FILE, writer_lock
 from index.store import MANIFEST
 from retrieval.classify import Neighbor, Prediction, vote
-from retrieval.data import Record, collect_images, scan_gallery, validate_label
+from retrieval.data import Record, collect_images, validate_label
+from retrieval.datasets import DatasetOptions
 from retrieval.errors import InputError, ModelMismatchError, RetrieveError
 from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
 from retrieval.images import sha256_file
@@ -151,7 +152,10 @@ def _embed_into(
     paths = [r.path for r in records]
     out = _Embedded()
     with progress(len(paths), desc) as bar:
-        for part in embedder.iter_paths(paths, chunk=CHUNK, progress=bar.update):
+        parts = embedder.iter_paths(
+            paths, boxes=[r.box for r in records], chunk=CHUNK, progress=bar.update
+        )
+        for part in parts:
             out.failures.extend(part.failures)
             with store.writing():
                 present = store.find_sha256([shas[i] for i in part.ok])
@@ -252,9 +256,12 @@ def build_index(
     weights: str | None = None,
     batch_size: int = 32,
     force: bool = False,
+    dataset: DatasetOptions | None = None,
     progress: ProgressFactory = no_progress,
 ) -> BuildReport:
-    """Embed every image of a folder-per-label gallery into a new index at ``index_dir``.
+    """Embed every image of a gallery into a new index at ``index_dir``: a folder with one
+    sub-folder per label, or a benchmark in its official layout read with ``dataset``'s options
+    (format, split, bounding-box crop, label level).
 
     The index is built in ``staging_dir(index_dir)`` under that folder's writer lock, committed
     a chunk of CHUNK images at a time, and swapped into place in one atomic step only when
@@ -268,7 +275,7 @@ def build_index(
             raise IndexExistsError(f"{target} already holds an index; pass --force to replace it")
     elif target.exists() and (not target.is_dir() or _holds_files(target)):
         raise IndexExistsError(f"{target} exists and is not an index; choose another --index")
-    scan = scan_gallery(gallery)
+    scan = (dataset or DatasetOptions()).scan(gallery)
     from retrieval.embed import Embedder
     from retrieval.model import load_model
 
@@ -553,18 +560,24 @@ def evaluate(
     seed: int = 0,
     k: int = 5,
     batch_size: int = 32,
+    dataset: DatasetOptions | None = None,
     progress: ProgressFactory = no_progress,
 ) -> dict[str, Any]:
-    """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a folder-per-label dataset, and
-    the enrolment curve: top-1 k-NN accuracy after enrolling ``shots`` random images per class."""
+    """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a dataset (a folder per label,
+    or a benchmark read with ``dataset``'s options), and the enrolment curve: top-1 k-NN accuracy
+    after enrolling ``shots`` random images per class."""
     from retrieval.embed import Embedder
     from retrieval.model import load_model
 
-    scan = scan_gallery(data_dir)
+    scan = (dataset or DatasetOptions()).scan(data_dir)
     loaded = load_model(model)
     embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
     with progress(len(scan.records), "embedding") as bar:
-        result = embedder.embed_paths([r.path for r in scan.records], progress=bar.update)
+        result = embedder.embed_paths(
+            [r.path for r in scan.records],
+            progress=bar.update,
+            boxes=[r.box for r in scan.records],
+        )
     labels = [scan.records[i].label for i in result.ok]
     if len(set(labels)) < 2:
         raise InputError(f"{data_dir}: evaluation needs at least 2 labels with readable images")

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from retrieval.config import Preprocess, TrainConfig
-from retrieval.data import Record, scan_gallery
+from retrieval.data import Record
+from retrieval.datasets import DatasetOptions
 from retrieval.errors import InputError
 from retrieval.evaluate import retrieval_metrics
 from retrieval.images import load_rgb
@@ -74,18 +75,19 @@ def train_transform(pre: Preprocess, size: int) -> Callable:
 
 class _Images(Dataset):
     def __init__(
-        self, paths: Sequence[Path], labels: Sequence[int], transform: Callable, min_side: int
+        self, records: Sequence[Record], labels: Sequence[int], transform: Callable, min_side: int
     ) -> None:
-        self.paths = list(paths)
+        self.records = list(records)
         self.labels = list(labels)
         self.transform = transform
         self.min_side = min_side
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb(self.paths[i], min_side=self.min_side)), self.labels[i]
+        r = self.records[i]
+        return self.transform(load_rgb(r.path, min_side=self.min_side, box=r.box)), self.labels[i]
 
 
 def _frozen_prefix(cfg: TrainConfig, n_stages: int) -> int:
@@ -184,7 +186,8 @@ def train(
     progress: ProgressFactory = no_progress,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainReport:
-    """Train an embedding network on a folder-per-class dataset (or records) into model folder ``out``.
+    """Train an embedding network on a dataset folder (a folder per class, or a benchmark layout
+    detected from its files) or on records (with their boxes) into model folder ``out``.
 
     Writes ``out/model.pt`` (best epoch by validation Recall@1, then MAP@R; epoch 0 is the
     untrained start), ``out/last.pt`` (resume state), ``out/history.json`` and ``out/config.json``.
@@ -201,7 +204,9 @@ def train(
         cfg = TrainConfig.from_dict(state["config"])
     elif (out / "model.pt").exists():
         raise InputError(f"{out} already holds a model; choose another --out or pass --resume")
-    records = list(data) if not isinstance(data, (str, Path)) else scan_gallery(data).records
+    records = (
+        list(data) if not isinstance(data, (str, Path)) else DatasetOptions().scan(data).records
+    )
     train_recs, val_recs = split_classes(records, cfg.val_classes, cfg.seed)
     class_ids = {lab: i for i, lab in enumerate(sorted({r.label for r in train_recs}))}
     train_labels = [class_ids[r.label] for r in train_recs]
@@ -223,7 +228,7 @@ def train(
     def loader(
         recs: Sequence[Record], tf: Callable, labels: Sequence[int] | None = None
     ) -> DataLoader:
-        ds = _Images([r.path for r in recs], labels or [0] * len(recs), tf, cfg.image_size)
+        ds = _Images(recs, labels or [0] * len(recs), tf, cfg.image_size)
         return DataLoader(ds, batch_size=64, num_workers=num_workers)
 
     cache: torch.Tensor | None = None
@@ -295,7 +300,7 @@ def train(
     if state is None:
         validate(0, None, 0.0)
 
-    train_ds = _Images([r.path for r in train_recs], train_labels, aug_tf, cfg.image_size)
+    train_ds = _Images(train_recs, train_labels, aug_tf, cfg.image_size)
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)

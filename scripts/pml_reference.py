@@ -40,7 +40,7 @@ def train_reference(train_records: list[Record], out: Path, cfg: TrainConfig) ->
     class_ids = {lab: i for i, lab in enumerate(sorted({r.label for r in train_records}))}
     labels = [class_ids[r.label] for r in train_records]
     dataset = _Images(
-        [r.path for r in train_records],
+        train_records,
         labels,
         train_transform(pre, cfg.image_size),
         cfg.image_size,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from retrieval.data import Record, scan_gallery
+from retrieval.data import Record, Scan, scan_gallery
 from retrieval.datasets import aircraft, cars, cub, flowers102
 from retrieval.datasets.common import (
     CROPS,
@@ -20,7 +21,31 @@ from retrieval.errors import GalleryError, InputError
 FORMATS = ("folder", "cub", "flowers102", "cars", "aircraft")
 _READERS = {"cub": cub, "flowers102": flowers102, "cars": cars, "aircraft": aircraft}
 
-__all__ = ["CROPS", "FORMATS", "LEVELS", "SPLITS", "detect_format", "load_dataset"]
+__all__ = [
+    "CROPS",
+    "FORMATS",
+    "DatasetOptions",
+    "LEVELS",
+    "SPLITS",
+    "detect_format",
+    "load_dataset",
+    "scan_dataset",
+]
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How to read a gallery or dataset folder (the options of scan_dataset)."""
+
+    format: str = "auto"
+    split: str = "all"
+    crop: str = "none"
+    level: str = "variant"
+
+    def scan(self, root: str | Path) -> Scan:
+        return scan_dataset(
+            root, format=self.format, split=self.split, crop=self.crop, level=self.level
+        )
 
 
 def detect_format(root: str | Path) -> str:
@@ -55,8 +80,21 @@ def load_dataset(
     crop: str = "none",
     level: str = "variant",
 ) -> list[Record]:
+    """The records of ``root`` read as ``format``; see scan_dataset."""
+    return scan_dataset(root, format=format, split=split, crop=crop, level=level).records
+
+
+def scan_dataset(
+    root: str | Path,
+    *,
+    format: str = "auto",
+    split: str = "all",
+    crop: str = "none",
+    level: str = "variant",
+) -> Scan:
     """The records of ``root`` read as ``format`` ("auto": detected), restricted to ``split``,
-    boxed to the annotated object with ``crop="bbox"``, labelled at ``level`` (aircraft).
+    boxed to the annotated object with ``crop="bbox"``, labelled at ``level`` (aircraft), and
+    the files a folder gallery passed over.
 
     Splits: "all"; "train"/"test", the official classification split; "retrieval-train" /
     "retrieval-test", the class-disjoint retrieval split (the reader modules say which classes).
@@ -73,7 +111,7 @@ def load_dataset(
             raise InputError(
                 f"split {split!r} needs a dataset with official splits; a folder gallery has only 'all'"
             )
-        return scan_gallery(root).records
+        return scan_gallery(root)
     reader = _READERS[format]
     check_options(
         reader.NAME, split, crop, level, boxes=reader is not flowers102, levels=reader is aircraft
@@ -83,10 +121,14 @@ def load_dataset(
         found = looked_for(root, reader.MARKERS, reader.PLACES)
         raise GalleryError(f"{root} is not a {reader.NAME} folder: {found}")
     if reader is flowers102:
-        return flowers102.load(data_root, split)
-    if reader is aircraft:
-        return aircraft.load(data_root, split, crop, level)
-    return reader.load(data_root, split, crop)
+        records = flowers102.load(data_root, split)
+    elif reader is aircraft:
+        records = aircraft.load(data_root, split, crop, level)
+    else:
+        records = reader.load(data_root, split, crop)
+    if not records:
+        raise GalleryError(f"{root} ({reader.NAME}) has no images in split {split!r}")
+    return Scan(records)
 
 
 def _data_root(reader: ModuleType, root: Path) -> Path | None:
