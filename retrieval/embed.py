@@ -1,26 +1,31 @@
-"""Embedder: image paths or PIL images -> (n, d) float32 unit rows, decoded in worker processes."""
+"""Embedder: image paths or PIL images -> (n, d) float32 unit rows. Decoding runs in a thread pool
+ahead of the forward pass; the forward pass is any batch function (ONNX Runtime or torch), so this
+module imports neither."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
+from retrieval.config import Preprocess
 from retrieval.errors import ImageError
 from retrieval.images import Box, load_rgb
-from retrieval.model import EmbeddingNet
 from retrieval.transforms import EvalTransform
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+Forward = Callable[[np.ndarray], np.ndarray]  # (n, 3, h, w) float32 -> (n, d) float32 unit rows
+
+_LOOKAHEAD = 3  # batches decoded ahead of the one being embedded
 
 
 @dataclass
@@ -32,76 +37,82 @@ class EmbedResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-class _PathDataset(Dataset):
-    def __init__(
-        self,
-        paths: Sequence[str | Path],
-        transform: EvalTransform,
-        boxes: Sequence[Box | None] | None = None,
-    ) -> None:
-        self.paths = [str(p) for p in paths]
-        self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
-        if len(self.boxes) != len(self.paths):
-            raise ValueError(f"{len(self.boxes)} boxes for {len(self.paths)} paths")
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
-        try:
-            img = load_rgb(self.paths[i], min_side=self.transform.pre.resize, box=self.boxes[i])
-            return i, self.transform(img), ""
-        except ImageError as exc:
-            return i, None, str(exc)
-
-
-def _collate(items: list[tuple[int, torch.Tensor | None, str]]):
-    good = [(i, t) for i, t, _ in items if t is not None]
-    bad = [(i, err) for i, t, err in items if t is None]
-    batch = torch.stack([t for _, t in good]) if good else None
-    return [i for i, _ in good], batch, bad
-
-
 class Embedder:
-    """Runs an EmbeddingNet in eval mode over images; ``fingerprint`` names weights + preprocessing."""
+    """Runs a forward function over images; ``fingerprint`` names weights + preprocessing;
+    ``runtime`` says what runs the network ("onnxruntime" or "torch")."""
 
     def __init__(
         self,
-        net: EmbeddingNet,
+        forward: Forward,
+        preprocess: Preprocess,
+        dim: int,
         fingerprint: str,
         *,
         batch_size: int = 32,
         num_workers: int | None = None,
+        runtime: str = "torch",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, not {batch_size}")
-        self.net = net.eval()
+        self.forward = forward
+        self.dim = dim
         self.fingerprint = fingerprint
         self.batch_size = batch_size
         self.num_workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
-        self.transform = EvalTransform(net.preprocess)
+        self.transform = EvalTransform(preprocess)
+        self.runtime = runtime
 
-    @property
-    def dim(self) -> int:
-        return self.net.dim
-
-    @torch.inference_mode()
-    def _forward(self, batch: torch.Tensor) -> np.ndarray:
-        out = self.net(batch.contiguous(memory_format=torch.channels_last))
-        return np.ascontiguousarray(out.float().numpy(), dtype=np.float32)
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.forward(batch), dtype=np.float32)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, d) float32 unit rows for RGB PIL images."""
         if not images:
             return np.zeros((0, self.dim), np.float32)
         rows = [
-            self._forward(
-                torch.stack([self.transform(im) for im in images[s : s + self.batch_size]])
-            )
+            self._forward(np.stack([self.transform(im) for im in images[s : s + self.batch_size]]))
             for s in range(0, len(images), self.batch_size)
         ]
         return np.concatenate(rows)
+
+    def _decode_batch(
+        self, paths: Sequence[str], boxes: Sequence[Box | None], start: int
+    ) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]]]:
+        """Decode and transform one batch: (input indices, stacked arrays, (index, error))."""
+        arrays, ok, bad = [], [], []
+        for i in range(start, min(start + self.batch_size, len(paths))):
+            try:
+                img = load_rgb(paths[i], min_side=self.transform.pre.resize, box=boxes[i])
+                arrays.append(self.transform(img))
+                ok.append(i)
+            except ImageError as exc:
+                bad.append((i, str(exc)))
+        return ok, (np.stack(arrays) if arrays else None), bad
+
+    def _batches(
+        self, paths: Sequence[str], boxes: Sequence[Box | None]
+    ) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
+        """Decoded batches in order; with workers, decoded in threads (Pillow's decoding and
+        resizing and numpy's arithmetic release the GIL) while the caller runs the network."""
+        starts = range(0, len(paths), self.batch_size)
+        # Thread start-up costs more than it saves on a batch or two.
+        if self.num_workers == 0 or len(starts) <= 2:
+            for s in starts:
+                yield self._decode_batch(paths, boxes, s)
+            return
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="decode") as pool:
+            pending: deque[Future] = deque()
+            queue = iter(starts)
+            for s in queue:
+                pending.append(pool.submit(self._decode_batch, paths, boxes, s))
+                if len(pending) >= self.num_workers + _LOOKAHEAD:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._decode_batch, paths, boxes, nxt))
+                yield batch
 
     def iter_paths(
         self,
@@ -117,26 +128,19 @@ class Embedder:
         decoded is reported in ``failures``, never fatal."""
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be at least 1, not {chunk}")
-        dataset = _PathDataset(paths, self.transform, boxes)
-        # Worker start-up costs more than it saves on a handful of images.
-        workers = self.num_workers if len(dataset) > 2 * self.batch_size else 0
-        loader = DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=workers,
-            collate_fn=_collate,
-            prefetch_factor=4 if workers else None,
-            persistent_workers=False,
-        )
+        names = [str(p) for p in paths]
+        boxes = list(boxes) if boxes is not None else [None] * len(names)
+        if len(boxes) != len(names):
+            raise ValueError(f"{len(boxes)} boxes for {len(names)} paths")
         rows: list[np.ndarray] = []
         ok: list[int] = []
         failures: list[tuple[str, str]] = []
         seen = 0
         yielded = False
-        for idx, batch, bad in loader:
+        for idx, batch, bad in self._batches(names, boxes):
             for i, err in bad:
                 log.debug("skipped %s", err)
-                failures.append((dataset.paths[i], err))
+                failures.append((names[i], err))
             if batch is not None:
                 rows.append(self._forward(batch))
                 ok.extend(idx)

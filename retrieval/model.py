@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from retrieval.attention import CBAM
 from retrieval.backbones import Backbone, backbone_names, create_backbone
 from retrieval.config import ModelSpec, Preprocess
+from retrieval.embed import Embedder
 from retrieval.errors import ModelError
 
 CHECKPOINT_NAME = "model.pt"
@@ -89,6 +91,18 @@ class EmbeddingNet(nn.Module):
         return self.embed_from(x)
 
 
+class TorchForward:
+    """(n, 3, h, w) float32 arrays -> (n, d) float32 unit rows, the network in eval mode."""
+
+    def __init__(self, net: EmbeddingNet) -> None:
+        self.net = net.eval()
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+        return self.net(x).float().numpy()
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A ready network with where it came from, so an index can re-create it and check it."""
@@ -97,6 +111,18 @@ class LoadedModel:
     name: str
     source: dict[str, Any]
     fingerprint: str
+
+    def embedder(self, *, batch_size: int = 32, num_workers: int | None = None) -> Embedder:
+        """An Embedder running this network in torch (eval mode, channels-last)."""
+        return Embedder(
+            TorchForward(self.net),
+            self.net.preprocess,
+            self.net.dim,
+            self.fingerprint,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            runtime="torch",
+        )
 
     def describe(self) -> dict[str, Any]:
         """The manifest's ``model`` entry."""

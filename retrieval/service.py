@@ -18,21 +18,30 @@ import numpy as np
 from index import IndexStore
 from index.check import CheckReport, check_index, repair_index
 from index.errors import IndexExistsError, IndexFormatError, IndexLockedError, IndexStoreError
-from index.fsutil import aside_name, exchange
+from index.fsutil import aside_name, atomic_write_bytes, exchange
 from index.lock import LOCK_FILE, writer_lock
+from index.manifest import read_manifest
 from index.store import MANIFEST
 from retrieval.classify import Neighbor, Prediction, vote
 from retrieval.data import Record, collect_images, validate_label
 from retrieval.datasets import DatasetOptions
-from retrieval.errors import InputError, ModelMismatchError, RetrieveError
+from retrieval.embed import Embedder
+from retrieval.errors import InputError, ModelError, ModelMismatchError, RetrieveError
 from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
 from retrieval.images import sha256_file
 from retrieval.progress import ProgressFactory, no_progress
+from retrieval.runtime import (
+    ONNX_FILE,
+    available,
+    index_embedder,
+    onnx_entry,
+    read_index_onnx,
+)
 
-# The embedding side (retrieval.embed, retrieval.model) loads torch, which takes seconds: it is
-# imported only inside the use cases that embed, so that info and remove start at once.
+# torch (retrieval.model, retrieval.export) takes seconds to import: it is imported only inside
+# the use cases that need it. Querying and enrolling an index that holds its exported network
+# run on ONNX Runtime and never import it.
 if TYPE_CHECKING:
-    from retrieval.embed import Embedder
     from retrieval.model import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -276,11 +285,14 @@ def build_index(
     elif target.exists() and (not target.is_dir() or _holds_files(target)):
         raise IndexExistsError(f"{target} exists and is not an index; choose another --index")
     scan = (dataset or DatasetOptions()).scan(gallery)
-    from retrieval.embed import Embedder
+    from retrieval.export import fast_embedder
     from retrieval.model import load_model
 
     loaded = load_model(model, weights=weights)
-    embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
+    embedder, onnx = fast_embedder(loaded, scan.records, batch_size=batch_size)
+    entry = loaded.describe()
+    if onnx is not None:
+        entry["onnx"] = onnx_entry(onnx)
     start = time.perf_counter()
     shas = _hash_records(scan.records)
     keep, dupes = _dedupe(scan.records, shas, {})
@@ -297,7 +309,9 @@ def build_index(
             f"another build-index into {target} is running{lock.holder()}; wait for it to end"
         )
     try:
-        store, resuming = _open_staging(staging, loaded.describe())
+        store, resuming = _open_staging(staging, entry)
+        if onnx is not None:
+            atomic_write_bytes(staging / ONNX_FILE, onnx)
         with store, store.bulk():
             todo, resumed = _resume(store, records, shas) if resuming else (range(len(records)), 0)
             embedded = _embed_into(
@@ -381,6 +395,15 @@ def model_for(
     return loaded
 
 
+def embedder_for(store: IndexStore, model: str | None = None, *, batch_size: int = 32) -> Embedder:
+    """The Embedder of an index: its own exported network on ONNX Runtime when it has one (no
+    torch is imported), else its model re-created in torch and checked by fingerprint (see
+    model_for); with ``model``, that model, refused unless it is the index's network."""
+    if model is None and "onnx" in store.model and available():
+        return index_embedder(store.path, store.model, batch_size=batch_size)
+    return model_for(store, model).embedder(batch_size=batch_size)
+
+
 def query(
     images: Sequence[str | Path],
     index_dir: str | Path,
@@ -400,10 +423,7 @@ def query(
         for img in images:
             if not Path(img).is_file():
                 raise InputError(f"query image {img} does not exist")
-        from retrieval.embed import Embedder
-
-        loaded = model_for(store, model)
-        embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
+        embedder = embedder_for(store, model, batch_size=batch_size)
         with progress(len(images), "querying") as bar:
             result = embedder.embed_paths(images, progress=bar.update)
         if result.failures:
@@ -439,16 +459,13 @@ def enroll(
     with IndexStore.open(index_dir) as store:
         scan = collect_images(list(inputs))
         records = [Record(r.path, label) for r in scan.records]
-        loaded = model_for(store, model)
+        embedder = embedder_for(store, model, batch_size=batch_size)
         shas = _hash_records(records)
         with store.writing():  # a writer, even with nothing to add: leftovers of killed ones go
             known = store.find_sha256(shas)
         keep, dupes = _dedupe(records, shas, known)
         embedded = _Embedded()
         if keep:
-            from retrieval.embed import Embedder
-
-            embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
             embedded = _embed_into(
                 store,
                 embedder,
@@ -514,6 +531,7 @@ def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
     target = Path(index_dir)
     report = check_index(target)
     report.notes.extend(_build_notes(target))
+    report.problems.extend(_network_problems(target))
     if not repair:
         return report
     if not report.source_ok:
@@ -528,8 +546,25 @@ def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
         done.append(f"removed {stray}")
     report = check_index(target)
     report.notes.extend(_build_notes(target))
+    report.problems.extend(_network_problems(target))
     report.repaired = done
     return report
+
+
+def _network_problems(target: Path) -> list[str]:
+    """The index's exported network, if its manifest names one, checked against its sha256
+    (it cannot be repaired from the records: a rebuild re-exports it)."""
+    try:
+        model = read_manifest(target / MANIFEST).model
+    except IndexStoreError:
+        return []  # check_index has reported the manifest
+    if "onnx" not in model:
+        return []
+    try:
+        read_index_onnx(target, model)
+    except ModelError as exc:
+        return [str(exc)]
+    return []
 
 
 def _build_notes(target: Path) -> list[str]:
@@ -566,12 +601,12 @@ def evaluate(
     """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a dataset (a folder per label,
     or a benchmark read with ``dataset``'s options), and the enrolment curve: top-1 k-NN accuracy
     after enrolling ``shots`` random images per class."""
-    from retrieval.embed import Embedder
+    from retrieval.export import fast_embedder
     from retrieval.model import load_model
 
     scan = (dataset or DatasetOptions()).scan(data_dir)
     loaded = load_model(model)
-    embedder = Embedder(loaded.net, loaded.fingerprint, batch_size=batch_size)
+    embedder, _ = fast_embedder(loaded, scan.records, batch_size=batch_size)
     with progress(len(scan.records), "embedding") as bar:
         result = embedder.embed_paths(
             [r.path for r in scan.records],

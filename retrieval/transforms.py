@@ -1,23 +1,22 @@
-"""Eval transform from a backbone's preprocessing: resize, centre crop, normalise (no torchvision)."""
+"""Eval transform from a backbone's preprocessing: resize, centre crop, normalise (numpy only)."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 from retrieval.config import Preprocess
 
 
 class EvalTransform:
-    """PIL RGB image -> (3, crop, crop) float32 tensor, normalised as the backbone expects."""
+    """PIL RGB image -> (3, crop, crop) float32 array, normalised as the backbone expects."""
 
     def __init__(self, pre: Preprocess) -> None:
         self.pre = pre
         self.mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, 1, 3) * 255.0
         self.inv_std = 1.0 / (np.asarray(pre.std, dtype=np.float32).reshape(1, 1, 3) * 255.0)
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image) -> np.ndarray:
         w, h = img.size
         scale = self.pre.resize / min(w, h)
         size = (max(self.pre.crop, round(w * scale)), max(self.pre.crop, round(h * scale)))
@@ -28,4 +27,4 @@ class EvalTransform:
         top = (size[1] - c) // 2
         img = img.crop((left, top, left + c, top + c))
         arr = (np.asarray(img, dtype=np.float32) - self.mean) * self.inv_std
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))

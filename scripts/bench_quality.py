@@ -24,7 +24,6 @@ import numpy as np
 
 from retrieval.config import ModelSpec, TrainConfig
 from retrieval.data import Record, scan_gallery
-from retrieval.embed import Embedder
 from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
 from retrieval.model import load_model
 from retrieval.train import train
@@ -60,9 +59,7 @@ def split(data: Path) -> tuple[list[Record], list[Record]]:
 
 def measure(model_ref: str, spec: ModelSpec | None, test: list[Record]) -> dict[str, float]:
     loaded = load_model(model_ref, spec=spec)
-    emb = Embedder(loaded.net, loaded.fingerprint, batch_size=32).embed_paths(
-        [r.path for r in test]
-    )
+    emb = loaded.embedder(batch_size=32).embed_paths([r.path for r in test])
     labels = [test[i].label for i in emb.ok]
     out = retrieval_metrics(emb.vectors, np.array(labels))
     out["enroll_5"] = enrollment_accuracy(emb.vectors, labels, 5, seed=0)

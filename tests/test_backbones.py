@@ -35,7 +35,7 @@ def test_lite0_logits_match_reference_implementation(lite0):
 
 def test_daisy_is_imagenet_daisy(lite0):
     daisies = sorted((need_shared("flowers12") / "test" / "daisy").glob("*.jpg"))
-    x = EvalTransform(lite0.preprocess)(load_rgb(daisies[0])).unsqueeze(0)
+    x = torch.from_numpy(EvalTransform(lite0.preprocess)(load_rgb(daisies[0])))[None]
     with torch.no_grad():
         assert lite0.classify(x).argmax().item() == 985
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from retrieval.config import ModelSpec
-from retrieval.embed import Embedder
 from retrieval.errors import ModelError
 from retrieval.model import fingerprint, load_from_source, load_model, save_model_dir
 
@@ -74,7 +73,7 @@ def test_embed_paths_skips_bad_files(tiny, tmp_path: Path):
     text = tmp_path / "text.jpg"
     text.write_text("not a jpeg")
     paths = [good[0], empty, *good[1:3], text, *good[3:]]
-    emb = Embedder(tiny.net, tiny.fingerprint, batch_size=2, num_workers=0)
+    emb = tiny.embedder(batch_size=2, num_workers=0)
     seen = []
     res = emb.embed_paths(paths, progress=seen.append)
     assert res.ok == [0, 2, 3, 5, 6]
@@ -86,8 +85,8 @@ def test_embed_paths_skips_bad_files(tiny, tmp_path: Path):
 
 def test_workers_match_in_process(tiny, tmp_path: Path):
     paths = [write_image(tmp_path / f"{i}.png", (i * 5, 100, 50), i) for i in range(12)]
-    a = Embedder(tiny.net, tiny.fingerprint, batch_size=4, num_workers=0).embed_paths(paths)
-    b = Embedder(tiny.net, tiny.fingerprint, batch_size=4, num_workers=2).embed_paths(paths)
+    a = tiny.embedder(batch_size=4, num_workers=0).embed_paths(paths)
+    b = tiny.embedder(batch_size=4, num_workers=2).embed_paths(paths)
     assert a.ok == b.ok == list(range(12))
     np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
 

@@ -253,7 +253,7 @@ def assert_whole_chunks(
 @pytest.fixture(scope="module")
 def tiny() -> Embedder:
     loaded = load_model("tiny")
-    return Embedder(loaded.net, loaded.fingerprint)
+    return loaded.embedder()
 
 
 def reference_vectors(embedder: Embedder, paths: list[Path]) -> dict[str, np.ndarray]:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.embed import Embedder
 from retrieval.errors import ImageError
 from retrieval.images import MAX_PIXELS, load_rgb
 from retrieval.model import load_model
@@ -90,7 +89,7 @@ def test_exif_rotation_is_respected(tmp_path: Path, tiny):
     exif[0x0112] = 6  # rotate 90 CW to display
     stored.save(tmp_path / "tagged.jpg", quality=95, exif=exif)
     assert load_rgb(tmp_path / "tagged.jpg").size == (64, 96)
-    emb = Embedder(tiny.net, tiny.fingerprint, num_workers=0).embed_paths(
+    emb = tiny.embedder(num_workers=0).embed_paths(
         [tmp_path / "upright.jpg", tmp_path / "tagged.jpg"]
     )
     assert float(emb.vectors[0] @ emb.vectors[1]) > 0.99
@@ -140,6 +139,6 @@ def test_batch_survives_every_bad_file(tmp_path: Path, tiny):
     (tmp_path / "zero.jpg").write_bytes(b"")
     png_bomb(tmp_path / "bomb.png")
     paths = [good[0], tmp_path / "zero.jpg", good[1], tmp_path / "bomb.png", good[2]]
-    res = Embedder(tiny.net, tiny.fingerprint, batch_size=2, num_workers=0).embed_paths(paths)
+    res = tiny.embedder(batch_size=2, num_workers=0).embed_paths(paths)
     assert res.ok == [0, 2, 4]
     assert {Path(p).name for p, _ in res.failures} == {"zero.jpg", "bomb.png"}

@@ -164,6 +164,43 @@ def test_tampered_manifest_gives_one_line_naming_the_file(index: Path, image: Pa
         assert_one_line_error(cli(*args), "manifest.json" if case != "dim changed" else "records")
 
 
+def without_onnx(index: Path) -> Path:
+    """The index as one built without onnxruntime: no exported network, so query and enroll
+    re-create the model from the manifest's source entry in torch."""
+    path = index / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["model"]["onnx"]
+    path.write_text(json.dumps(data))
+    (index / "model.onnx").unlink()
+    return index
+
+
+ONNX_CASES: dict[str, tuple[Tamper, str]] = {
+    "file truncated": (overwrite("model.onnx", lambda d: d[: len(d) // 2]), "model.onnx"),
+    "file replaced by text": (overwrite("model.onnx", lambda d: b"not onnx\n" * 50), "model.onnx"),
+    "file deleted": (lambda index: (index / "model.onnx").unlink(), "model.onnx"),
+    "sha256 changed": (edit_manifest(**{"model.onnx.sha256": "0" * 64}), "model.onnx"),
+    "entry not an object": (edit_manifest(**{"model.onnx": "model.onnx"}), "manifest.json"),
+    "preprocess missing": (edit_manifest(**{"model.preprocess": None}), "manifest.json"),
+}
+
+
+@pytest.mark.parametrize("case", ONNX_CASES)
+def test_tampered_exported_network_gives_one_line(index: Path, image: Path, case: str):
+    tamper, name = ONNX_CASES[case]
+    tamper(index)
+    for command in ("query", "enroll"):
+        assert_one_line_error(cli(*commands(index, image)[command]), name)
+
+
+def test_exported_network_answers_without_the_model_source(index: Path, image: Path):
+    """The index's own network is what answers: its source entry is not even read."""
+    before = json.loads(cli(*commands(index, image)["query"]).output)
+    edit_manifest(**{"model.source": {"kind": "dir", "path": "/nowhere"}})(index)
+    after = json.loads(cli(*commands(index, image)["query"]).output)
+    assert after == before and after["label"] == "red"
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -176,12 +213,13 @@ def test_tampered_manifest_gives_one_line_naming_the_file(index: Path, image: Pa
 def test_tampered_model_entry_gives_one_line_naming_the_manifest(
     index: Path, image: Path, source: object
 ):
-    edit_manifest(**{"model.source": source})(index)
+    edit_manifest(**{"model.source": source})(without_onnx(index))
     for name in ("query", "enroll"):
         assert_one_line_error(cli(*commands(index, image)[name]), "manifest.json")
 
 
 def test_model_entry_pointing_elsewhere_is_refused(index: Path, image: Path, tmp_path: Path):
+    without_onnx(index)
     edit_manifest(**{"model.source": {"kind": "dir", "path": str(tmp_path / "nowhere")}})(index)
     assert_one_line_error(cli(*commands(index, image)["query"]), "nowhere")
     net = load_model("tiny").net
