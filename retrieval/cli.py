@@ -8,10 +8,14 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from retrieval.config import INDEX_ENV, TrainConfig, default_index_dir
+
+if TYPE_CHECKING:
+    from retrieval.service import QueryResult
 
 EXIT_ERROR = 1
 
@@ -201,6 +205,11 @@ def build_index_cmd(
 )
 @click.option("--model", default=None, help="Check that the index was built with this model.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
+@click.option(
+    "--timing",
+    is_flag=True,
+    help="At the end, print the per-image time (p50, p95) on stderr.",
+)
 def query_cmd(
     images: tuple[Path, ...],
     index_dir: Path,
@@ -209,25 +218,41 @@ def query_cmd(
     method: str,
     model: str | None,
     as_json: bool,
+    timing: bool,
 ) -> None:
-    """Say what each IMAGE is, from its nearest gallery images."""
+    """Say what each IMAGE is, from its nearest gallery images. IMAGE '-' reads paths from
+    stdin, one per line, and answers each as it comes."""
     from retrieval import service
 
-    results = service.query(
-        list(images), index_dir, k=k, min_score=min_score, method=method, model=model, progress=_bar
-    )
+    options = {"k": k, "min_score": min_score, "method": method, "model": model}
+    if images == (Path("-"),):
+        paths = (line.rstrip("\r\n") for line in sys.stdin)
+        results = service.query_stream((p for p in paths if p), index_dir, **options)
+    else:
+        results = iter(service.query(list(images), index_dir, progress=_bar, **options))
+    seconds = []
     for r in results:
-        if as_json:
-            click.echo(json.dumps(r.to_json(), ensure_ascii=False))
-            continue
-        p = r.prediction
-        if p.label is None:
-            best = f"best score {p.neighbors[0].score:.3f}" if p.neighbors else "empty index"
-            click.echo(f"{r.query}: unknown ({best} < --min-score {min_score:g})")
-        else:
-            click.echo(f"{r.query}: {p.label}  (confidence {p.confidence:.2f})")
-        for n in p.neighbors:
-            click.echo(f"    {n.score:.3f}  {n.label}  {n.path}")
+        seconds.append(r.seconds)
+        _show_answer(r, min_score, as_json)
+    if timing and seconds:
+        import numpy as np
+
+        p50, p95 = np.percentile(np.array(seconds) * 1000, [50, 95])
+        click.echo(f"{len(seconds)} images: p50 {p50:.1f} ms, p95 {p95:.1f} ms per image", err=True)
+
+
+def _show_answer(r: QueryResult, min_score: float, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(r.to_json(), ensure_ascii=False))
+        return
+    p = r.prediction
+    if p.label is None:
+        best = f"best score {p.neighbors[0].score:.3f}" if p.neighbors else "empty index"
+        click.echo(f"{r.query}: unknown ({best} < --min-score {min_score:g})")
+    else:
+        click.echo(f"{r.query}: {p.label}  (confidence {p.confidence:.2f})")
+    for n in p.neighbors:
+        click.echo(f"    {n.score:.3f}  {n.label}  {n.path}")
 
 
 @main.command("enroll")

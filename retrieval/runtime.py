@@ -38,6 +38,8 @@ class OnnxForward:
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # Idle threads sleep instead of spinning: the CPU goes to the image decoders meanwhile.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 model, sess_options=opts, providers=["CPUExecutionProvider"]

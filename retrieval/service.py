@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +81,7 @@ class EnrollReport:
 class QueryResult:
     query: str
     prediction: Prediction
+    seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         p = self.prediction
@@ -412,32 +413,55 @@ def query(
     min_score: float = 0.0,
     method: str = "weighted",
     model: str | None = None,
-    batch_size: int = 32,
     progress: ProgressFactory = no_progress,
 ) -> list[QueryResult]:
-    """Classify each image by a k-NN vote over the index. A gallery item with the same content
-    as the query is left out of its neighbours (a photo does not vote for itself)."""
+    """Classify each image by a k-NN vote over the index (see query_stream); every path is
+    checked before the first is answered."""
+    for img in images:
+        if not Path(img).is_file():
+            raise InputError(f"query image {img} does not exist")
+    with progress(len(images), "querying") as bar:
+        out = []
+        for result in query_stream(
+            images, index_dir, k=k, min_score=min_score, method=method, model=model
+        ):
+            out.append(result)
+            bar.update(1)
+    return out
+
+
+def query_stream(
+    images: Iterable[str | Path],
+    index_dir: str | Path,
+    *,
+    k: int = 5,
+    min_score: float = 0.0,
+    method: str = "weighted",
+    model: str | None = None,
+) -> Iterator[QueryResult]:
+    """Classify images one at a time as they come (e.g. paths read from a pipe), each by a k-NN
+    vote over the index; ``seconds`` of a result is its own time (decode, embed, search, vote).
+    The index and its network are opened once. A gallery item with the same content as the
+    query is left out of its neighbours (a photo does not vote for itself)."""
     if k < 1:
         raise InputError(f"-k must be at least 1, not {k}")
     with IndexStore.open(index_dir) as store:
+        embedder = embedder_for(store, model, batch_size=1)
         for img in images:
+            start = time.perf_counter()
             if not Path(img).is_file():
                 raise InputError(f"query image {img} does not exist")
-        embedder = embedder_for(store, model, batch_size=batch_size)
-        with progress(len(images), "querying") as bar:
-            result = embedder.embed_paths(images, progress=bar.update)
-        if result.failures:
-            raise InputError(result.failures[0][1])
-        shas = [sha256_file(p) for p in images]
-        same = store.find_sha256(shas)
-        extra = sum(1 for s in shas if s in same)
-        hits = store.search(result.vectors, k + extra)
-    out = []
-    for img, sha, row in zip(images, shas, hits, strict=True):
-        self_id = same[sha].id if sha in same else None
-        neighbors = [Neighbor(h.path, h.label, h.score) for h in row if h.id != self_id][:k]
-        out.append(QueryResult(str(img), vote(neighbors, k=k, method=method, min_score=min_score)))
-    return out
+            result = embedder.embed_paths([img])
+            if result.failures:
+                raise InputError(result.failures[0][1])
+            sha = sha256_file(img)
+            same = store.find_sha256([sha]).get(sha)
+            (row,) = store.search(result.vectors, k + (same is not None))
+            neighbors = [
+                Neighbor(h.path, h.label, h.score) for h in row if same is None or h.id != same.id
+            ]
+            prediction = vote(neighbors[:k], k=k, method=method, min_score=min_score)
+            yield QueryResult(str(img), prediction, time.perf_counter() - start)
 
 
 def enroll(

@@ -26,5 +26,6 @@ class EvalTransform:
         left = (size[0] - c) // 2
         top = (size[1] - c) // 2
         img = img.crop((left, top, left + c, top + c))
-        arr = (np.asarray(img, dtype=np.float32) - self.mean) * self.inv_std
+        arr = np.subtract(np.asarray(img), self.mean, dtype=np.float32)
+        arr *= self.inv_std
         return np.ascontiguousarray(arr.transpose(2, 0, 1))

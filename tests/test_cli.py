@@ -68,6 +68,33 @@ def test_query_text_and_unknown(built: Path, tmp_path: Path):
     assert "unknown" in run("query", q, "--index", built, "--min-score", "1.01").output
 
 
+def test_query_paths_from_stdin_with_timing(built: Path, tmp_path: Path):
+    queries = {
+        label: write_image(tmp_path / "q" / f"{label} {j}.png", color, seed=500 + j)
+        for j, (label, color) in enumerate(COLORS.items())
+    }
+    stdin = "".join(f"{p}\n" for p in queries.values()) + "\n"
+    args = ["query", "-", "--index", str(built), "--json", "--timing"]
+    result = CliRunner().invoke(main, args, input=stdin, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    objs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["query"] for o in objs] == [str(p) for p in queries.values()]
+    assert [o["label"] for o in objs] == list(queries)
+    (timing,) = result.stderr.splitlines()
+    assert timing.startswith("3 images: p50 ") and timing.endswith(" ms per image")
+    p50, p95 = (float(x.split()[0]) for x in timing.split("p50 ")[1].split("p95 "))
+    assert 0 < p50 <= p95
+
+
+def test_query_stdin_stops_at_a_missing_path(built: Path, tmp_path: Path):
+    good = write_image(tmp_path / "g.png", COLORS["green"], seed=77)
+    stdin = f"{good}\n{tmp_path / 'missing.png'}\n{good}\n"
+    result = CliRunner().invoke(main, ["query", "-", "--index", str(built)], input=stdin)
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"{good}: green")
+    assert "missing.png does not exist" in result.stderr
+
+
 def test_query_excludes_its_own_gallery_copy(built: Path, gallery: Path):
     own = gallery / "red" / "0.png"
     obj = json.loads(run("query", own, "--index", built, "-k", "20", "--json").output)
