@@ -11,9 +11,11 @@ from index.errors import (
     VectorError,
 )
 from index.manifest import FORMAT_VERSION, Manifest
+from index.plan import AUTO_IVF_ABOVE, INDEX_TYPES, Layout
 from index.store import Hit, IndexStore, Item
 
 __all__ = [
+    "AUTO_IVF_ABOVE",
     "FORMAT_VERSION",
     "Hit",
     "IndexExistsError",
@@ -21,7 +23,9 @@ __all__ = [
     "IndexLockedError",
     "IndexStore",
     "IndexStoreError",
+    "INDEX_TYPES",
     "Item",
+    "Layout",
     "Manifest",
     "NotAnIndexError",
     "VectorError",

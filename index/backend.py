@@ -1,4 +1,5 @@
-"""The one place that calls FAISS: an id-mapped inner-product index, its search and its files."""
+"""The one place that calls FAISS: inner-product indexes keyed by id (exact flat, or IVF over
+flat codes), their search and their files."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from numpy.typing import ArrayLike
 
 from index.errors import IndexFormatError, VectorError
 from index.fsutil import replacing, sha256_file
+from index.plan import FLAT, Layout, train_size
+
+_READ_BLOCK = 1 << 20
 
 
 def as_float32_rows(x: ArrayLike) -> np.ndarray:
@@ -38,6 +42,35 @@ def as_float32_rows(x: ArrayLike) -> np.ndarray:
 def new_flat_index(dim: int) -> faiss.IndexIDMap2:
     """An empty exact inner-product index over ``dim``-d vectors, keyed by caller-chosen ids."""
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def build_index(
+    layout: Layout, ids: ArrayLike, vectors: ArrayLike, *, seed: int = 0
+) -> faiss.Index:
+    """An index of ``layout`` holding ``vectors`` under ``ids``. An IVF index is trained first
+    on a sample of them drawn with ``seed``; its ``nprobe`` is the layout's."""
+    rows = as_float32_rows(vectors)
+    if layout.type == "flat":
+        index = new_flat_index(rows.shape[1])
+    else:
+        index = faiss.index_factory(
+            rows.shape[1], f"IVF{layout.nlist},Flat", faiss.METRIC_INNER_PRODUCT
+        )
+        n = rows.shape[0]
+        sample = np.sort(
+            np.random.default_rng(seed).choice(n, train_size(layout, n), replace=False)
+        )
+        index.train(rows[sample])
+        index.nprobe = layout.nprobe
+    add_with_ids(index, rows, ids)
+    return index
+
+
+def layout(index: faiss.Index) -> Layout:
+    """The layout of an index made by ``build_index``."""
+    if isinstance(index, faiss.IndexIVF):
+        return Layout("ivf", int(index.nlist), int(index.nprobe))
+    return FLAT
 
 
 def dim(index: faiss.Index) -> int:
@@ -72,7 +105,7 @@ def remove_ids(index: faiss.Index, ids: ArrayLike) -> int:
 
 def search(index: faiss.Index, queries: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Scores (m, k') float32 and ids (m, k') int64 of the best k' = min(k, ntotal) per query,
-    best first, so that FAISS never pads with id -1."""
+    best first. An IVF index pads with id -1 a row whose searched lists hold fewer than k'."""
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     rows = as_float32_rows(queries)
@@ -83,13 +116,30 @@ def search(index: faiss.Index, queries: ArrayLike, k: int) -> tuple[np.ndarray, 
     return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
 
+def _ivf_contents(index: faiss.IndexIVF) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of an IVF index over flat codes, list by list."""
+    lists = index.invlists
+    id_parts, vector_parts = [np.empty(0, np.int64)], [np.empty((0, dim(index)), np.float32)]
+    for list_no in range(index.nlist):
+        size = lists.list_size(list_no)
+        if size:
+            ids = faiss.rev_swig_ptr(lists.get_ids(list_no), size)
+            codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * lists.code_size)
+            id_parts.append(np.array(ids, dtype=np.int64))
+            vector_parts.append(np.frombuffer(codes, dtype=np.float32).reshape(size, -1).copy())
+    return np.concatenate(id_parts), np.concatenate(vector_parts)
+
+
 def contents(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int64 (n,), vectors float32 (n, dim)) that an index from ``new_flat_index`` holds,
+    """(ids int64 (n,), vectors float32 (n, dim)) that an index from ``build_index`` holds,
     in id order."""
-    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-    if ids.size == 0:
-        return ids, np.empty((0, dim(index)), np.float32)
-    vectors = index.index.reconstruct_n(0, ntotal(index))
+    if isinstance(index, faiss.IndexIVF):
+        ids, vectors = _ivf_contents(index)
+    else:
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        if ids.size == 0:
+            return ids, np.empty((0, dim(index)), np.float32)
+        vectors = index.index.reconstruct_n(0, ntotal(index))
     order = np.argsort(ids, kind="stable")
     return ids[order], np.ascontiguousarray(vectors[order], dtype=np.float32)
 
@@ -104,14 +154,26 @@ def write_index(index: faiss.Index, path: str | os.PathLike[str]) -> str:
 
 def read_index(path: str | os.PathLike[str], *, sha256: str | None = None) -> faiss.Index:
     """Read an index written by ``write_index``. With ``sha256``, the file's content must have
-    that hash (checked before FAISS parses it). IndexFormatError when it cannot be used."""
-    data = Path(path).read_bytes()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise IndexFormatError(f"{path} does not have the expected sha256 {sha256}")
-    try:
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    except RuntimeError as exc:
-        raise IndexFormatError(f"{path} is not a readable FAISS index: {exc}") from exc
-    if not isinstance(index, faiss.IndexIDMap2) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise IndexFormatError(f"{path} holds a {type(index).__name__}, not an id-mapped IP index")
+    that hash (checked before FAISS parses it, on the same open file). IndexFormatError when it
+    cannot be used."""
+    with Path(path).open("rb") as f:
+        if sha256 is not None:
+            digest = hashlib.sha256()
+            while block := f.read(_READ_BLOCK):
+                digest.update(block)
+            if digest.hexdigest() != sha256:
+                raise IndexFormatError(f"{path} does not have the expected sha256 {sha256}")
+            f.seek(0)
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(f.read, _READ_BLOCK))
+        except RuntimeError as exc:
+            raise IndexFormatError(f"{path} is not a readable FAISS index: {exc}") from exc
+    if isinstance(index, faiss.IndexIDMap2):
+        known = isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
+    else:
+        known = isinstance(index, faiss.IndexIVFFlat)
+    if not known or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexFormatError(
+            f"{path} holds a {type(index).__name__}, not an id-mapped flat or IVF-flat IP index"
+        )
     return index

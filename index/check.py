@@ -14,8 +14,9 @@ from index import backend
 from index.errors import IndexFormatError, IndexLockedError, IndexStoreError, NotAnIndexError
 from index.fsutil import sha256_file
 from index.lock import DEFAULT_TIMEOUT, writer_lock
-from index.manifest import read_manifest
-from index.records import RecordDB
+from index.manifest import Manifest, read_manifest
+from index.plan import choose
+from index.records import Audit, RecordDB
 from index.store import (
     MANIFEST,
     NORM_TOLERANCE,
@@ -101,11 +102,11 @@ def check_index(
 
 def _check(root: Path, report: CheckReport) -> None:
     try:
-        dim: int | None = read_manifest(root / MANIFEST).dim
+        manifest: Manifest | None = read_manifest(root / MANIFEST)
     except IndexFormatError as exc:
         report.problems.append(str(exc))
         report.source_ok = False
-        dim = None
+        manifest = None
     audit = None
     try:
         db = RecordDB.open(root / RECORDS)
@@ -114,8 +115,8 @@ def _check(root: Path, report: CheckReport) -> None:
         report.source_ok = False
     else:
         try:
-            if dim is not None:
-                audit = db.audit(dim, NORM_TOLERANCE)
+            if manifest is not None:
+                audit = db.audit(manifest.dim, NORM_TOLERANCE)
             else:
                 report.items, report.labels = db.count(), len(db.label_counts())
         except IndexStoreError as exc:
@@ -134,7 +135,7 @@ def _check(root: Path, report: CheckReport) -> None:
                     f"{RECORDS}: {len(ids)} item(s) {_FAULTS[kind]} ({_ids(ids)})"
                 )
                 report.source_ok = False
-            _check_cache(root, audit.generation, audit.ids, audit.vectors, report)
+            _check_cache(root, manifest.index_type, audit, report)
     for entry in temp_files(root):
         report.notes.append(
             f"{entry.name} is a temporary file left by an interrupted write; "
@@ -142,10 +143,10 @@ def _check(root: Path, report: CheckReport) -> None:
         )
 
 
-def _check_cache(
-    root: Path, generation: int, ids: np.ndarray, vectors: np.ndarray, report: CheckReport
-) -> None:
-    """The FAISS file against its sidecar and the records (at ``generation``)."""
+def _check_cache(root: Path, index_type: str, audit: Audit, report: CheckReport) -> None:
+    """The FAISS file against its sidecar and the records; a layout other than the one
+    ``index_type`` wants for their number is a note."""
+    generation, ids, vectors = audit.generation, audit.ids, audit.vectors
     healed = "the next open rebuilds it from the records (--repair does it now)"
     try:
         meta = json.loads((root / SIDECAR).read_text(encoding="utf-8"))
@@ -203,6 +204,13 @@ def _check_cache(
     elif not np.array_equal(faiss_vectors, vectors):
         differ = ids[~(faiss_vectors == vectors).all(axis=1)]
         report.problems.append(f"{VECTORS} holds other vectors than the records for {_ids(differ)}")
+    layout = backend.layout(index)
+    due = choose(index_type, ids.size, layout)
+    if due != layout:
+        report.notes.append(
+            f"{VECTORS} holds the layout {layout.to_json()}, but index type {index_type!r} "
+            f"wants {due.to_json()} for {ids.size} vectors; {healed}"
+        )
 
 
 def repair_index(path: str | os.PathLike[str]) -> list[str]:

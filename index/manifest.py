@@ -1,4 +1,4 @@
-"""manifest.json: format version, dimension, metric and the model entry of an index."""
+"""manifest.json: format version, dimension, metric, index type and the model entry of an index."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from index.errors import IndexFormatError
 from index.fsutil import atomic_write_bytes
+from index.plan import INDEX_TYPES, check_type
 
 FORMAT_VERSION = 1
 METRIC = "inner_product"
@@ -28,18 +29,21 @@ def _is_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What an index is: its format, its vectors' dimension and metric, the model behind them."""
+    """What an index is: its format, its vectors' dimension and metric, the model behind them,
+    and the FAISS index type asked for (``index.plan.INDEX_TYPES``; "flat" in manifests written
+    before there was a choice)."""
 
     format_version: int
     dim: int
     metric: str
     model: dict[str, Any]
     created: str
+    index_type: str = "flat"
 
     @classmethod
-    def new(cls, dim: int, model: dict[str, Any]) -> Manifest:
+    def new(cls, dim: int, model: dict[str, Any], index_type: str = "auto") -> Manifest:
         """The manifest of an index created now in the current format."""
-        return cls(FORMAT_VERSION, dim, METRIC, model, now_iso())
+        return cls(FORMAT_VERSION, dim, METRIC, model, now_iso(), check_type(index_type))
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready object."""
@@ -71,7 +75,12 @@ class Manifest:
             raise IndexFormatError(f"{source}: model must be a JSON object")
         if not isinstance(obj.get("created"), str):
             raise IndexFormatError(f"{source}: created must be a string")
-        return cls(version, dim, METRIC, obj["model"], obj["created"])
+        index_type = obj.get("index_type", "flat")
+        if index_type not in INDEX_TYPES:
+            raise IndexFormatError(
+                f"{source}: index_type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}"
+            )
+        return cls(version, dim, METRIC, obj["model"], obj["created"], index_type)
 
 
 def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> None:

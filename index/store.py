@@ -28,6 +28,7 @@ from index.errors import (
 from index.fsutil import atomic_write_bytes, is_temp_of
 from index.lock import DEFAULT_TIMEOUT, LOCK_FILE, writer_lock
 from index.manifest import Manifest, now_iso, read_manifest, write_manifest
+from index.plan import Layout, check_type, choose
 from index.records import RecordDB, Row
 
 log = logging.getLogger(__name__)
@@ -168,12 +169,16 @@ class IndexStore:
         *,
         overwrite: bool = False,
         lock_timeout: float | None = DEFAULT_TIMEOUT,
+        index_type: str = "auto",
     ) -> IndexStore:
         """A new empty index at ``path`` (created with its parents), under the writer lock.
 
         Refused (IndexExistsError) where an index already is unless ``overwrite``, and always where
         the folder holds other files. ``overwrite`` removes only the files of the old index.
+        ``index_type`` ("auto", "flat" or "ivf", see ``index.plan``) is kept in the manifest; the
+        FAISS index follows it as the gallery grows or shrinks.
         """
+        check_type(index_type)
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"dim must be a positive integer, not {dim!r}")
         if not isinstance(model, dict):
@@ -191,7 +196,7 @@ class IndexStore:
                 entry.unlink(missing_ok=True)
             if own:
                 log.info("removed the index files in %s to create a new index", root)
-            manifest = Manifest.new(dim, copy.deepcopy(model))
+            manifest = Manifest.new(dim, copy.deepcopy(model), index_type)
             db = RecordDB.create(root / RECORDS)
             try:
                 store = cls(root, manifest, db, new=True, lock_timeout=lock_timeout)
@@ -312,6 +317,12 @@ class IndexStore:
     def path(self) -> Path:
         return self._root
 
+    @property
+    def layout(self) -> Layout:
+        """The FAISS index in use: its type and, for IVF, its lists and lists searched."""
+        self._records()
+        return backend.layout(self._index)
+
     def __len__(self) -> int:
         return self._records().count()
 
@@ -338,12 +349,30 @@ class IndexStore:
         return True
 
     def _rebuild_memory(self) -> int:
-        """Build the in-memory FAISS index from one snapshot of the records; returns its size."""
+        """Build the in-memory FAISS index from one snapshot of the records, of the layout their
+        number calls for (the current one while it fits); returns its size."""
+        current = None if self._index is None else backend.layout(self._index)
+        self._index, self._generation = None, -1
         generation, ids, vectors = self._records().snapshot(self.dim)
-        index = backend.new_flat_index(self.dim)
-        backend.add_with_ids(index, vectors, ids)
-        self._index, self._generation = index, generation
+        layout = choose(self._manifest.index_type, len(ids), current)
+        self._index = backend.build_index(layout, ids, vectors)
+        self._generation = generation
         return len(ids)
+
+    def _fits(self, index: Any, count: int) -> bool:
+        """Whether ``index`` is of the layout the manifest's type wants for ``count`` vectors."""
+        layout = backend.layout(index)
+        return choose(self._manifest.index_type, count, layout) == layout
+
+    def _refit(self) -> None:
+        """With the writer lock held: rebuild the in-memory index from the records if their
+        number now calls for another layout (flat to IVF past the auto threshold, new lists)."""
+        if not self._fits(self._index, backend.ntotal(self._index)):
+            old = backend.layout(self._index)
+            n = self._rebuild_memory()
+            log.info(
+                "rebuilt %s for %d vectors: %s, was %s", self._root / VECTORS, n, self.layout, old
+            )
 
     def _persist_cache(self) -> None:
         """Rewrite the cache from the in-memory index, if it is still current and the writer
@@ -411,6 +440,16 @@ class IndexStore:
                 backend.dim(index),
                 count,
                 self.dim,
+            )
+            return None
+        if not self._fits(index, count):
+            log.info(
+                "%s holds the layout %s, not the one index type %r wants for %d vectors; "
+                "rebuilding it",
+                vectors,
+                backend.layout(index).to_json(),
+                self._manifest.index_type,
+                count,
             )
             return None
         return index
@@ -497,12 +536,14 @@ class IndexStore:
             finally:
                 self._bulk_depth -= 1
             if not self._bulk_depth and self._cache_behind:
+                self._refit()
                 self._save_cache(self._index, self._generation)
                 self._cache_behind = False
 
     def _apply(self, generation: int, change: Callable[[Any], object]) -> None:
         """Follow a committed write: apply it in memory when it is the only one since the last
-        sync, else reload from the records; then rewrite the cache."""
+        sync, else reload from the records; then, unless in ``bulk``, change the layout if the
+        new number of vectors calls for it and rewrite the cache."""
         if generation != self._generation + 1:
             self._load()
             return
@@ -515,6 +556,7 @@ class IndexStore:
         if self._bulk_depth:
             self._cache_behind = True
         else:
+            self._refit()
             self._save_cache(self._index, generation)
 
     # --- writes -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Seeded synthetic unit vectors, a brute-force reference search and index-file helpers."""
+"""Seeded synthetic unit vectors (random or clustered), a brute-force reference search and index-file helpers."""
 
 from __future__ import annotations
 
@@ -20,6 +20,20 @@ def unit_rows(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
     """``n`` random float32 L2-normalised rows."""
     x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered_rows(
+    n: int, dim: int = DIM, *, centres: int = 40, noise: float = 0.6, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` float32 unit rows around ``centres`` random unit centres (gaussian noise of norm
+    about ``noise``), and the centre of each row."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, dim))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    which = rng.integers(0, centres, n)
+    x = c[which] + rng.normal(size=(n, dim)) * (noise / np.sqrt(dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), which
 
 
 def fake_sha(i: int) -> str:

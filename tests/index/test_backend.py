@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
-from index import IndexFormatError, VectorError, backend
+from index import IndexFormatError, VectorError, backend, plan
 
 from .helpers import unit_rows
 
@@ -106,3 +107,23 @@ def test_import_index_does_not_load_torch_or_pil() -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, timeout=60)
+
+
+def test_read_index_refuses_other_faiss_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "v.faiss"
+    l2_ivf = faiss.index_factory(8, "IVF2,Flat", faiss.METRIC_L2)
+    for other in (faiss.IndexFlatIP(8), faiss.IndexIDMap2(faiss.IndexHNSWFlat(8, 4)), l2_ivf):
+        faiss.write_index(other, str(path))
+        with pytest.raises(IndexFormatError, match="not an id-mapped flat or IVF-flat IP index"):
+            backend.read_index(path)
+
+
+def test_ivf_contents_and_remove_keep_ids() -> None:
+    vectors = unit_rows(200, dim=8, seed=6)
+    ids = np.arange(1000, 1200, dtype=np.int64)
+    index = backend.build_index(plan.choose("ivf", 200), ids[::-1], vectors[::-1])
+    assert backend.layout(index).type == "ivf"
+    assert backend.remove_ids(index, ids[:50]) == 50
+    got_ids, got_vectors = backend.contents(index)
+    np.testing.assert_array_equal(got_ids, ids[50:])
+    np.testing.assert_array_equal(got_vectors, vectors[50:])
