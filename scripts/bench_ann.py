@@ -1,7 +1,7 @@
 """Approximate search at scale: an IndexStore of n seeded, clustered 512-d unit vectors.
 
-The gallery is built through IndexStore (records in SQLite, then the FAISS index the "auto" type
-picks for n), then searched with queries drawn from the same clusters but not in the gallery.
+The gallery is built through IndexStore (records in SQLite, then the FAISS index that the index
+type, "auto" unless --index-type says otherwise, picks for n), then searched with queries drawn from the same clusters but not in the gallery.
 Reported: build time, bytes per vector of the FAISS file (the SQLite records, which hold every
 vector as float32, separately), queries/s and recall@10 against exact (flat) search of the same
 vectors in the same run, and the peak RSS of a process that opens the index and searches it.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index import IndexStore, backend
+from index import INDEX_TYPES, IndexStore, backend
 from index.plan import FLAT
 from index.store import RECORDS, VECTORS
 
@@ -77,12 +77,13 @@ def _recall(found: np.ndarray, exact: np.ndarray) -> float:
     )
 
 
-def _build(root: Path, vectors: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Fill a new auto-typed store at ``root``; (ids, seconds to the last commit, seconds to
-    the FAISS file written)."""
+def _build(root: Path, vectors: np.ndarray, index_type: str) -> tuple[np.ndarray, float, float]:
+    """Fill a new store at ``root``; (ids, seconds to the last commit, seconds to the FAISS
+    file written)."""
     start = time.perf_counter()
     ids = []
-    with IndexStore.create(root, vectors.shape[1], MODEL) as store, store.bulk():
+    store = IndexStore.create(root, vectors.shape[1], MODEL, index_type=index_type)
+    with store, store.bulk():
         for at in range(0, len(vectors), CHUNK):
             rows = vectors[at : at + CHUNK]
             numbers = range(at, at + len(rows))
@@ -112,14 +113,21 @@ def _open_and_search_rss_mb(root: Path, queries: np.ndarray) -> float:
     return int(out.stdout) / 1024
 
 
-def measure_ann(n: int = 1_000_000, dim: int = 512, *, seed: int = 0, queries: int = 1000) -> dict:
-    """Build and search an auto-typed IndexStore of ``n`` clustered ``dim``-d unit vectors;
-    the figures described in this module's docstring."""
+def measure_ann(
+    n: int = 1_000_000,
+    dim: int = 512,
+    *,
+    seed: int = 0,
+    queries: int = 1000,
+    index_type: str = "auto",
+) -> dict:
+    """Build and search an IndexStore of ``n`` clustered ``dim``-d unit vectors, created with
+    ``index_type``; the figures described in this module's docstring."""
     data = clustered_unit_vectors(n + queries, dim, seed=seed)
     gallery, probes = data[:n], data[n:]
     with tempfile.TemporaryDirectory(prefix="bench_ann_") as tmp:
         root = Path(tmp) / "index"
-        ids, records_s, build_s = _build(root, gallery)
+        ids, records_s, build_s = _build(root, gallery, index_type)
         ann = backend.read_index(root / VECTORS)
         layout = backend.layout(ann)
         faiss_bytes = (root / VECTORS).stat().st_size
@@ -170,9 +178,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--index-type", choices=INDEX_TYPES, default="auto")
     ap.add_argument("--json", action="store_true", help="print {'ann': ...} instead of a table")
     args = ap.parse_args()
-    result = measure_ann(args.n, args.dim, seed=args.seed, queries=args.queries)
+    result = measure_ann(
+        args.n, args.dim, seed=args.seed, queries=args.queries, index_type=args.index_type
+    )
     if args.json:
         print(json.dumps({"ann": result}))
         return
