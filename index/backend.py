@@ -171,7 +171,7 @@ def read_index(path: str | os.PathLike[str], *, sha256: str | None = None) -> fa
     if isinstance(index, faiss.IndexIDMap2):
         known = isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
     else:
-        known = isinstance(index, faiss.IndexIVFFlat)
+        known = type(index) is faiss.IndexIVFFlat
     if not known or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexFormatError(
             f"{path} holds a {type(index).__name__}, not an id-mapped flat or IVF-flat IP index"

@@ -112,7 +112,9 @@ def test_import_index_does_not_load_torch_or_pil() -> None:
 def test_read_index_refuses_other_faiss_indexes(tmp_path: Path) -> None:
     path = tmp_path / "v.faiss"
     l2_ivf = faiss.index_factory(8, "IVF2,Flat", faiss.METRIC_L2)
-    for other in (faiss.IndexFlatIP(8), faiss.IndexIDMap2(faiss.IndexHNSWFlat(8, 4)), l2_ivf):
+    dedup = faiss.index_factory(8, "IVF2,FlatDedup", faiss.METRIC_INNER_PRODUCT)
+    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(8, 4))
+    for other in (faiss.IndexFlatIP(8), hnsw, l2_ivf, dedup):
         faiss.write_index(other, str(path))
         with pytest.raises(IndexFormatError, match="not an id-mapped flat or IVF-flat IP index"):
             backend.read_index(path)
