@@ -52,7 +52,7 @@ def max_abs_diff(net: EmbeddingNet, model: bytes, batch: np.ndarray) -> float:
     return float(np.abs(ours - theirs).max())
 
 
-def sample_batch(loaded: LoadedModel, records: Sequence[Record], n: int = 16) -> np.ndarray:
+def sample_batch(loaded: LoadedModel, records: Sequence[Record], n: int = 8) -> np.ndarray:
     """Up to ``n`` of ``records`` decoded and transformed as for embedding, plus one random input
     (so that the batch is never empty)."""
     embedder = loaded.embedder(num_workers=0)

@@ -31,7 +31,7 @@ def real_images(n: int) -> list[Record]:
 @pytest.mark.parametrize("name", ["tiny", "efficientnet_lite0"])
 def test_export_matches_torch_on_real_images(name: str):
     loaded = load_model(name)
-    batch = export.sample_batch(loaded, real_images(16))
+    batch = export.sample_batch(loaded, real_images(16), n=16)
     assert batch.shape[0] == 17
     diff = export.max_abs_diff(loaded.net, export.export_onnx(loaded.net), batch)
     assert diff < export.TOLERANCE
