@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from index.plan import AUTO_IVF_ABOVE, INDEX_TYPES
 from retrieval.config import INDEX_ENV, TrainConfig, default_index_dir
 
 if TYPE_CHECKING:
@@ -140,6 +141,14 @@ def main() -> None:
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing index.")
+@click.option(
+    "--index-type",
+    type=click.Choice(INDEX_TYPES),
+    default="auto",
+    show_default=True,
+    help="FAISS index: flat (exact), ivf (inverted lists, approximate), or auto: flat up to "
+    f"{AUTO_IVF_ABOVE:,} images, then ivf.",
+)
 @_dataset_options
 def build_index_cmd(
     gallery: Path,
@@ -148,6 +157,7 @@ def build_index_cmd(
     weights: str | None,
     batch_size: int,
     force: bool,
+    index_type: str,
     dataset,
 ) -> None:
     """Index GALLERY: one sub-folder per label (images at any depth below it), or a benchmark
@@ -162,6 +172,7 @@ def build_index_cmd(
         batch_size=batch_size,
         force=force,
         dataset=dataset,
+        index_type=index_type,
         progress=_bar,
     )
     _warn_skipped(report.skipped, "unreadable or non-image files")
@@ -302,6 +313,10 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
     click.echo(f"index     {i.index}")
     click.echo(f"model     {i.model} (fingerprint {i.fingerprint}), {i.dim}-d")
     click.echo(f"format    {i.format_version}")
+    layout = ", ".join(f"{k} {v}" for k, v in i.layout.items() if k != "type")
+    click.echo(
+        f"search    {i.layout['type']}{f' ({layout})' if layout else ''}; --index-type {i.index_type}"
+    )
     click.echo(f"items     {i.count} in {len(i.labels)} labels")
     width = max((len(lab) for lab in i.labels), default=0)
     for lab, n in i.labels.items():

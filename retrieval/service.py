@@ -104,7 +104,8 @@ class Info:
     dim: int
     format_version: int
     fingerprint: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    index_type: str
+    layout: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +114,8 @@ class Info:
             "model": self.model,
             "dim": self.dim,
             "format_version": self.format_version,
+            "index_type": self.index_type,
+            "faiss": self.layout,
         }
 
 
@@ -223,19 +226,22 @@ def _holds_files(folder: Path) -> bool:
     return any(e.name != LOCK_FILE for e in folder.iterdir())
 
 
-def _open_staging(staging: Path, model: dict[str, Any]) -> tuple[IndexStore, bool]:
-    """The index in ``staging`` if it was begun with the same model (True), else a new one."""
+def _open_staging(staging: Path, model: dict[str, Any], index_type: str) -> tuple[IndexStore, bool]:
+    """The index in ``staging`` if it was begun with the same model and index type (True), else
+    a new one."""
     if IndexStore.is_index(staging):
         try:
             store = IndexStore.open(staging)
         except IndexStoreError as exc:
             log.info("starting %s afresh: %s", staging, exc)
         else:
-            if store.model == json.loads(json.dumps(model)):  # as the manifest holds it
+            same_model = store.model == json.loads(json.dumps(model))  # as the manifest holds it
+            if same_model and store.manifest.index_type == index_type:
                 return store, True
             store.close()
-            log.info("starting %s afresh: it was begun with another model", staging)
-    return IndexStore.create(staging, model["dim"], model, overwrite=True), False
+            log.info("starting %s afresh: it was begun with another model or type", staging)
+    store = IndexStore.create(staging, model["dim"], model, overwrite=True, index_type=index_type)
+    return store, False
 
 
 def _resume(
@@ -267,11 +273,13 @@ def build_index(
     batch_size: int = 32,
     force: bool = False,
     dataset: DatasetOptions | None = None,
+    index_type: str = "auto",
     progress: ProgressFactory = no_progress,
 ) -> BuildReport:
     """Embed every image of a gallery into a new index at ``index_dir``: a folder with one
     sub-folder per label, or a benchmark in its official layout read with ``dataset``'s options
-    (format, split, bounding-box crop, label level).
+    (format, split, bounding-box crop, label level). ``index_type`` is "auto" (exact search up to
+    index.AUTO_IVF_ABOVE vectors, then IVF), "flat" or "ivf".
 
     The index is built in ``staging_dir(index_dir)`` under that folder's writer lock, committed
     a chunk of CHUNK images at a time, and swapped into place in one atomic step only when
@@ -310,7 +318,7 @@ def build_index(
             f"another build-index into {target} is running{lock.holder()}; wait for it to end"
         )
     try:
-        store, resuming = _open_staging(staging, entry)
+        store, resuming = _open_staging(staging, entry, index_type)
         if onnx is not None:
             atomic_write_bytes(staging / ONNX_FILE, onnx)
         with store, store.bulk():
@@ -542,6 +550,8 @@ def info(index_dir: str | Path) -> Info:
             dim=m.dim,
             format_version=m.format_version,
             fingerprint=m.model.get("fingerprint", "?"),
+            index_type=m.index_type,
+            layout=store.layout.to_json(),
         )
 
 

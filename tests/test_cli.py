@@ -41,6 +41,8 @@ def test_build_then_info(built: Path):
         "model": "tiny",
         "dim": 64,
         "format_version": 1,
+        "index_type": "auto",
+        "faiss": {"type": "flat"},
     }
     text = run("info", "--index", built).output
     assert "12 in 3 labels" in text and "tiny" in text
@@ -223,3 +225,33 @@ def test_commands_that_do_not_embed_start_without_torch(built: Path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(run("info", "--index", built, "--json").output)["count"] == 8
+
+
+def test_index_type_ivf_through_the_cli(tmp_path: Path):
+    gallery = tmp_path / "g"
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(30):
+            write_image(gallery / label / f"{j}.png", color, seed=1000 + 40 * ci + j, size=32)
+    flat, ivf = tmp_path / "flat", tmp_path / "ivf"
+    run("build-index", gallery, "--index", flat, "--model", "tiny")
+    run("build-index", gallery, "--index", ivf, "--model", "tiny", "--index-type", "ivf")
+    assert json.loads(run("info", "--index", flat, "--json").output)["faiss"] == {"type": "flat"}
+    info = json.loads(run("info", "--index", ivf, "--json").output)
+    assert info["index_type"] == "ivf" and info["count"] == 90
+    assert info["faiss"]["type"] == "ivf" and info["faiss"]["nprobe"] == info["faiss"]["nlist"]
+    assert "--index-type ivf" in run("info", "--index", ivf).output
+    q = write_image(tmp_path / "q.png", COLORS["green"], seed=41)
+    answers = [
+        json.loads(run("query", q, "--index", index, "-k", "10", "--json").output)
+        for index in (flat, ivf)
+    ]
+    assert answers[0] == answers[1]  # every list probed: the same neighbours as exact search
+    new = write_image(tmp_path / "w.png", (250, 250, 250), seed=42)
+    run("enroll", "white", new, "--index", ivf)
+    obj = json.loads(run("query", new, "--index", ivf, "-k", "1", "--json").output)
+    assert obj["neighbors"][0]["label"] != "white"  # its own copy is left out
+    run("remove", "--label", "green", "--index", ivf)
+    labels = json.loads(run("info", "--index", ivf, "--json").output)["labels"]
+    assert labels == {"blue": 30, "red": 30, "white": 1}
+    r = run("build-index", gallery, "--index", tmp_path / "x", "--index-type", "hnsw", ok=False)
+    assert r.exit_code == 2 and "--index-type" in r.output
