@@ -21,7 +21,7 @@ AUTO_IVF_ABOVE = 250_000
 TRAIN_PER_LIST = 40
 LISTS_PER_ROOT = 4
 MIN_NPROBE = 8
-LISTS_PER_PROBE = 256
+LISTS_PER_PROBE = 512
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,9 @@ def _wants_ivf(index_type: str, n: int, current: Layout | None) -> bool:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists searched per query: nlist / 256, at least 8 (all of them when fewer)."""
+    """Lists searched per query: nlist / 512, at least 8 (all of them when fewer). At 1M
+    clustered 512-d vectors (nlist 4096, scripts/bench_ann.py) 8 probes gave recall@10 1.000
+    and 4 gave 0.9995, while 16 cost 1.6x the time."""
     return min(nlist, max(MIN_NPROBE, nlist // LISTS_PER_PROBE))
 
 
