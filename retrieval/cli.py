@@ -221,6 +221,14 @@ def build_index_cmd(
     is_flag=True,
     help="At the end, print the per-image time (p50, p95) on stderr.",
 )
+@click.option(
+    "--show",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also draw the answers into OUT (.html: a self-contained page, .png: one row per "
+    "image): each image, its neighbours with labels and scores, the vote, and the model's "
+    "attention over the image when it has an attention module.",
+)
 def query_cmd(
     images: tuple[Path, ...],
     index_dir: Path,
@@ -230,11 +238,16 @@ def query_cmd(
     model: str | None,
     as_json: bool,
     timing: bool,
+    show: Path | None,
 ) -> None:
     """Say what each IMAGE is, from its nearest gallery images. IMAGE '-' reads paths from
     stdin, one per line, and answers each as it comes."""
     from retrieval import service
 
+    if show is not None:
+        from retrieval.visual import check_show_target
+
+        check_show_target(show)
     options = {"k": k, "min_score": min_score, "method": method, "model": model}
     if images == (Path("-"),):
         paths = (line.rstrip("\r\n") for line in sys.stdin)
@@ -242,9 +255,18 @@ def query_cmd(
     else:
         results = iter(service.query(list(images), index_dir, progress=_bar, **options))
     seconds = []
+    answered = []
     for r in results:
         seconds.append(r.seconds)
         _show_answer(r, min_score, as_json)
+        if show is not None:
+            answered.append(r)
+    if show is not None:
+        from retrieval.visual import write_answer
+
+        maps = service.attention_maps([r.query for r in answered], index_dir, model=model)
+        write_answer(show, answered, maps, min_score=min_score)
+        click.echo(f"wrote {show}", err=True)
     if timing and seconds:
         import numpy as np
 

@@ -28,7 +28,7 @@ from retrieval.datasets import DatasetOptions
 from retrieval.embed import Embedder
 from retrieval.errors import InputError, ModelError, ModelMismatchError, RetrieveError
 from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
-from retrieval.images import sha256_file
+from retrieval.images import load_rgb, sha256_file
 from retrieval.progress import ProgressFactory, no_progress
 from retrieval.runtime import (
     ONNX_FILE,
@@ -37,6 +37,7 @@ from retrieval.runtime import (
     onnx_entry,
     read_index_onnx,
 )
+from retrieval.visual import AttentionMap
 
 # torch (retrieval.model, retrieval.export) takes seconds to import: it is imported only inside
 # the use cases that need it. Querying and enrolling an index that holds its exported network
@@ -470,6 +471,30 @@ def query_stream(
             ]
             prediction = vote(neighbors[:k], k=k, method=method, min_score=min_score)
             yield QueryResult(str(img), prediction, time.perf_counter() - start)
+
+
+def attention_maps(
+    images: Sequence[str | Path], index_dir: str | Path, *, model: str | None = None
+) -> list[AttentionMap] | None:
+    """The spatial attention of the index's model over each image (the part of it the network
+    sees), or None when the model has no attention module. Only a model with attention is
+    re-created in torch (see model_for): the exported network does not expose its attention."""
+    with IndexStore.open(index_dir) as store:
+        spec = store.model.get("spec")
+        if not (isinstance(spec, dict) and spec.get("attention")):
+            return None
+        loaded = model_for(store, model)
+    import torch
+
+    from retrieval.transforms import EvalTransform
+
+    transform = EvalTransform(loaded.net.preprocess)
+    out = []
+    for img in images:
+        rgb = load_rgb(img, min_side=transform.pre.resize)
+        gates = loaded.net.spatial_attention(torch.from_numpy(transform(rgb)[None]))
+        out.append(AttentionMap(gates[0].numpy(), transform.crop_box(rgb.size)))
+    return out
 
 
 def enroll(
