@@ -489,18 +489,41 @@ def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, dataset, **
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the enrolment draws.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write DIR/index.html, a self-contained page: Recall@K and enrolment curves, the "
+    "most confused class pairs with examples, a 2-D map of the embedding (needs the report extra).",
+)
 @_dataset_options
 def evaluate_cmd(
-    data_dir: Path, model: str, batch_size: int, seed: int, as_json: bool, dataset
+    data_dir: Path,
+    model: str,
+    batch_size: int,
+    seed: int,
+    as_json: bool,
+    report_dir: Path | None,
+    dataset,
 ) -> None:
     """Recall@K and MAP@R (leave-one-out) and the 1/5/10-shot enrolment curve on DATA_DIR (one
     sub-folder per class, or a benchmark in its official layout)."""
     from retrieval import service
 
-    m = service.evaluate(
+    if report_dir is not None:
+        from retrieval.report import check_report_dir
+
+        check_report_dir(report_dir)
+    done = service.evaluate(
         data_dir, model=model, batch_size=batch_size, seed=seed, dataset=dataset, progress=_bar
     )
-    _warn_skipped(m.pop("skipped"), "unreadable or non-image files")
+    _warn_skipped(done.skipped, "unreadable or non-image files")
+    if report_dir is not None:
+        from retrieval.report import write_report
+
+        click.echo(f"wrote {write_report(report_dir, done, str(data_dir))}", err=True)
+    m = done.metrics
     if as_json:
         click.echo(json.dumps(m))
         return

@@ -646,6 +646,18 @@ def _build_notes(target: Path) -> list[str]:
     return notes
 
 
+@dataclass
+class Evaluation:
+    """What evaluate measured (its ``metrics``, the keys of ``evaluate --json``) and what it
+    measured it on: each readable image's vector, label and path, in the same order."""
+
+    metrics: dict[str, Any]
+    vectors: np.ndarray
+    labels: list[str]
+    paths: list[str]
+    skipped: list[tuple[str, str]]
+
+
 def evaluate(
     data_dir: str | Path,
     *,
@@ -656,10 +668,10 @@ def evaluate(
     batch_size: int = 32,
     dataset: DatasetOptions | None = None,
     progress: ProgressFactory = no_progress,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a dataset (a folder per label,
     or a benchmark read with ``dataset``'s options), and the enrolment curve: top-1 k-NN accuracy
-    after enrolling ``shots`` random images per class."""
+    after enrolling ``shots`` random images per class; with the embeddings they came from."""
     from retrieval.export import fast_embedder
     from retrieval.model import load_model
 
@@ -680,5 +692,10 @@ def evaluate(
         str(n): enrollment_accuracy(result.vectors, labels, n, seed=seed, k=k) for n in shots
     }
     metrics.update(n_images=len(labels), n_classes=len(set(labels)), model=loaded.name)
-    metrics["skipped"] = scan.skipped + result.failures
-    return metrics
+    return Evaluation(
+        metrics,
+        result.vectors,
+        labels,
+        [str(scan.records[i].path) for i in result.ok],
+        scan.skipped + result.failures,
+    )
