@@ -161,6 +161,7 @@ class _Cell:
     title: str
     note: str
     css: str  # "match", "other" or ""
+    path: str  # shown on hover in HTML
 
 
 def _vote_lines(p: Prediction, min_score: float) -> tuple[str, str]:
@@ -176,11 +177,12 @@ def _cells(result: Answered, attention: AttentionMap | None) -> tuple[list[_Cell
         photo = load_rgb(result.query, min_side=THUMB)
     except ImageError:
         photo = None
-    name = Path(result.query).name
-    query = [_Cell(photo and thumbnail(photo), name, "query", "")]
+    path = Path(result.query)
+    name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    query = [_Cell(photo and thumbnail(photo), name, "query", "", str(path))]
     if attention is not None and photo is not None:
         query.append(
-            _Cell(thumbnail(overlay(photo, attention)), "attention", "blue low, red high", "")
+            _Cell(thumbnail(overlay(photo, attention)), "attention", "blue low, red high", "", "")
         )
     voted = result.prediction.label
     neighbours = [
@@ -189,6 +191,7 @@ def _cells(result: Answered, attention: AttentionMap | None) -> tuple[list[_Cell
             n.label,
             f"{n.score:.3f}",
             "" if voted is None else "match" if n.label == voted else "other",
+            n.path,
         )
         for n in result.prediction.neighbors
     ]
@@ -222,8 +225,8 @@ def render_html(
 
 def _html_figure(cell: _Cell, css: str) -> str:
     picture = (
-        f'<img src="{jpeg_uri(cell.image)}" alt="{html.escape(cell.title)}" width="{THUMB}" '
-        f'height="{THUMB}">'
+        f'<img src="{jpeg_uri(cell.image)}" alt="{html.escape(cell.title)}" '
+        f'title="{html.escape(cell.path)}" width="{THUMB}" height="{THUMB}">'
         if cell.image is not None
         else '<div class="missing">image unavailable</div>'
     )
@@ -257,7 +260,9 @@ def render_png(
             x += THUMB + PAD
         label, detail = _vote_lines(r.prediction, min_score)
         colour = GREY if r.prediction.label is None else (0, 0, 0)
-        draw.text((x, top + THUMB // 3), _fit(draw, label, big, PANEL - PAD), colour, big)
+        # A long label gets the smaller font before it is cut short.
+        face = big if draw.textlength(label, font=big) <= PANEL - PAD else font
+        draw.text((x, top + THUMB // 3), _fit(draw, label, face, PANEL - PAD), colour, face)
         draw.text((x, top + THUMB // 3 + 26), _fit(draw, detail, font, PANEL - PAD), GREY, font)
         x += PANEL + PAD
         for cell in neighbours:

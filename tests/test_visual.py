@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -51,7 +54,7 @@ class Page(HTMLParser):
         if tag == "figure":
             self.figures.append({"class": css, "src": None, "label": "", "score": ""})
         elif tag == "img" and self.figures:
-            self.figures[-1]["src"] = a["src"]
+            self.figures[-1].update(src=a["src"], title=a.get("title"))
         elif tag == "span" and self.figures and css in ("label", "score"):
             self._span = css
         elif tag == "div" and css.startswith("vote"):
@@ -123,10 +126,10 @@ def test_show_html_is_self_contained_with_query_neighbours_and_vote(built: Path,
     page = parse(out)
     assert all(src.startswith("data:image/") for src in page.sources)
     query, *neighbours = page.figures
-    assert query["class"] == "query" and query["label"] == q.name
+    assert query["class"] == "query" and query["label"] == f"{q.parent.name}/{q.name}"
     assert decode(query["src"]).size == (THUMB, THUMB)
-    assert [(f["label"], f["score"]) for f in neighbours] == [
-        (n["label"], f"{n['score']:.3f}") for n in answer["neighbors"]
+    assert [(f["label"], f["score"], f["title"]) for f in neighbours] == [
+        (n["label"], f"{n['score']:.3f}", n["path"]) for n in answer["neighbors"]
     ]
     assert len(neighbours) == 3 and all(decode(f["src"]) for f in neighbours)
     assert all(f["class"] == "neighbor match" for f in neighbours)  # all red, like the vote
@@ -206,3 +209,22 @@ def test_attention_overlay_of_a_model_with_attention(gallery: Path, tmp_path: Pa
     )
     heat_redness = (shown[..., 0] - shown[..., 2]) - 0.5 * (plain[..., 0] - plain[..., 2])
     assert np.corrcoef(heat_redness.ravel(), gates.ravel())[0, 1] > 0.8
+
+
+def test_show_without_attention_never_imports_torch(built: Path, tmp_path: Path):
+    q = write_image(tmp_path / "q.png", COLORS["red"], seed=5)
+    out = tmp_path / "answer.png"
+    script = (
+        "import sys, json\n"
+        "from click.testing import CliRunner\n"
+        "from retrieval.cli import main\n"
+        f"r = CliRunner().invoke(main, ['query', {str(q)!r}, '--index', {str(built)!r}, "
+        f"'--show', {str(out)!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'mpl': 'matplotlib' in sys.modules}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, check=True
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"torch": False, "mpl": False}
+    assert Image.open(out).format == "PNG"
