@@ -147,6 +147,8 @@ figcaption { font-size: 0.8em; max-width: 160px; overflow-wrap: anywhere; }
 
 _ANSWER_STYLE = """section.answer { display: flex; gap: 8px; align-items: flex-start;
   border-bottom: 1px solid #ccc; padding: 8px 0; }
+figure, .vote { flex: 0 0 auto; }
+figcaption .score { display: block; color: #666; }
 .vote { width: 200px; }
 .vote .label { font-size: 1.4em; font-weight: bold; overflow-wrap: anywhere; }
 .vote.unknown .label { color: #777; }
@@ -214,8 +216,7 @@ def render_html(
         parts = [_html_figure(c, "query" if j == 0 else "attention") for j, c in enumerate(query)]
         parts.append(
             f'<div class="vote{unknown}"><div class="label">{html.escape(label)}</div>'
-            f'<div class="detail">{html.escape(detail)}</div>'
-            f'<div class="query-path">{html.escape(r.query)}</div></div>'
+            f'<div class="detail">{html.escape(detail)}</div></div>'
         )
         parts.extend(_html_figure(c, f"neighbor {c.css}".strip()) for c in neighbours)
         sections.append('<section class="answer">\n' + "\n".join(parts) + "\n</section>")
