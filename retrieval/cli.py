@@ -225,6 +225,7 @@ def build_index_cmd(
     "--show",
     type=click.Path(path_type=Path),
     default=None,
+    metavar="OUT",
     help="Also draw the answers into OUT (.html: a self-contained page, .png: one row per "
     "image): each image, its neighbours with labels and scores, the vote, and the model's "
     "attention over the image when it has an attention module.",
@@ -494,6 +495,7 @@ def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, dataset, **
     "report_dir",
     type=click.Path(path_type=Path),
     default=None,
+    metavar="DIR",
     help="Also write DIR/index.html, a self-contained page: Recall@K and enrolment curves, the "
     "most confused class pairs with examples, a 2-D map of the embedding (needs the report extra).",
 )

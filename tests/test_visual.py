@@ -20,8 +20,18 @@ from PIL import Image
 from retrieval import service
 from retrieval.cli import main
 from retrieval.config import ModelSpec
+from retrieval.images import load_rgb
 from retrieval.model import load_model, save_model_dir
-from retrieval.visual import PAD, PANEL, ROW_HEIGHT, THUMB, AttentionMap, heat_colors, overlay
+from retrieval.visual import (
+    PAD,
+    PANEL,
+    ROW_HEIGHT,
+    THUMB,
+    AttentionMap,
+    heat_colors,
+    overlay,
+    thumbnail,
+)
 
 from .conftest import COLORS, write_image
 
@@ -208,7 +218,10 @@ def test_attention_overlay_of_a_model_with_attention(gallery: Path, tmp_path: Pa
         Image.fromarray(maps.gates).resize((THUMB, THUMB), Image.Resampling.BILINEAR)
     )
     heat_redness = (shown[..., 0] - shown[..., 2]) - 0.5 * (plain[..., 0] - plain[..., 2])
-    assert np.corrcoef(heat_redness.ravel(), gates.ravel())[0, 1] > 0.8
+    assert np.corrcoef(heat_redness.ravel(), gates.ravel())[0, 1] > 0.75
+    # Exactly the map of that image blended over it (up to the page's JPEG compression).
+    expected = thumbnail(overlay(load_rgb(q, min_side=THUMB), maps))
+    assert np.abs(shown - np.asarray(expected, dtype=float)).mean() < 3
 
 
 def test_show_without_attention_never_imports_torch(built: Path, tmp_path: Path):
