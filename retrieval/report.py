@@ -1,12 +1,13 @@
 """The evaluation report: one self-contained HTML page, DIR/index.html, with the Recall@K curve,
 the enrolment curve, the most confused label pairs (an example image of each side) and a 2-D map
-of the embedding (PCA), every image embedded as a data URI. Charts are drawn by matplotlib (the
+of the embedding (PCA of the class means), every image embedded as a data URI. Charts are drawn by matplotlib (the
 ``report`` extra, imported only here, on the Agg backend). Returns or writes; never prints."""
 
 from __future__ import annotations
 
 import html
 import io
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,9 +164,7 @@ def _pair_image(path: str, label: str) -> str:
 def _confusion_rows(
     pairs: Sequence[Confusion], labels: Sequence[str], paths: Sequence[str]
 ) -> list[list[str]]:
-    sizes: dict[str, int] = {}
-    for lab in labels:
-        sizes[lab] = sizes.get(lab, 0) + 1
+    sizes = Counter(labels)
     return [
         [
             str(rank),
