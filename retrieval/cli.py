@@ -221,6 +221,15 @@ def build_index_cmd(
     is_flag=True,
     help="At the end, print the per-image time (p50, p95) on stderr.",
 )
+@click.option(
+    "--show",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="OUT",
+    help="Also draw the answers into OUT (.html: a self-contained page, .png: one row per "
+    "image): each image, its neighbours with labels and scores, the vote, and the model's "
+    "attention over the image when it has an attention module.",
+)
 def query_cmd(
     images: tuple[Path, ...],
     index_dir: Path,
@@ -230,11 +239,16 @@ def query_cmd(
     model: str | None,
     as_json: bool,
     timing: bool,
+    show: Path | None,
 ) -> None:
     """Say what each IMAGE is, from its nearest gallery images. IMAGE '-' reads paths from
     stdin, one per line, and answers each as it comes."""
     from retrieval import service
 
+    if show is not None:
+        from retrieval.visual import check_show_target
+
+        check_show_target(show)
     options = {"k": k, "min_score": min_score, "method": method, "model": model}
     if images == (Path("-"),):
         paths = (line.rstrip("\r\n") for line in sys.stdin)
@@ -242,9 +256,18 @@ def query_cmd(
     else:
         results = iter(service.query(list(images), index_dir, progress=_bar, **options))
     seconds = []
+    answered = []
     for r in results:
         seconds.append(r.seconds)
         _show_answer(r, min_score, as_json)
+        if show is not None:
+            answered.append(r)
+    if show is not None:
+        from retrieval.visual import write_answer
+
+        maps = service.attention_maps([r.query for r in answered], index_dir, model=model)
+        write_answer(show, answered, maps, min_score=min_score)
+        click.echo(f"wrote {show}", err=True)
     if timing and seconds:
         import numpy as np
 
@@ -467,18 +490,42 @@ def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, dataset, **
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the enrolment draws.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Also write DIR/index.html, a self-contained page: Recall@K and enrolment curves, the "
+    "most confused class pairs with examples, a 2-D map of the embedding (needs the report extra).",
+)
 @_dataset_options
 def evaluate_cmd(
-    data_dir: Path, model: str, batch_size: int, seed: int, as_json: bool, dataset
+    data_dir: Path,
+    model: str,
+    batch_size: int,
+    seed: int,
+    as_json: bool,
+    report_dir: Path | None,
+    dataset,
 ) -> None:
     """Recall@K and MAP@R (leave-one-out) and the 1/5/10-shot enrolment curve on DATA_DIR (one
     sub-folder per class, or a benchmark in its official layout)."""
     from retrieval import service
 
-    m = service.evaluate(
+    if report_dir is not None:
+        from retrieval.report import check_report_dir
+
+        check_report_dir(report_dir)
+    done = service.evaluate(
         data_dir, model=model, batch_size=batch_size, seed=seed, dataset=dataset, progress=_bar
     )
-    _warn_skipped(m.pop("skipped"), "unreadable or non-image files")
+    _warn_skipped(done.skipped, "unreadable or non-image files")
+    if report_dir is not None:
+        from retrieval.report import write_report
+
+        click.echo(f"wrote {write_report(report_dir, done, str(data_dir))}", err=True)
+    m = done.metrics
     if as_json:
         click.echo(json.dumps(m))
         return

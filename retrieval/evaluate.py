@@ -1,8 +1,10 @@
-"""Retrieval metrics as pure functions on arrays: Recall@K, MAP@R, k-NN accuracy, enrolment curves."""
+"""Retrieval metrics as pure functions on arrays: Recall@K, MAP@R, k-NN accuracy, enrolment curves,
+the most confused label pairs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -125,3 +127,44 @@ def enrollment_accuracy(
         labels_arr[query_idx].tolist(),
         k=k,
     )
+
+
+RECALL_CURVE_KS = (1, 2, 4, 8, 16, 32)
+
+
+def recall_curve(
+    x: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_CURVE_KS
+) -> dict[int, float]:
+    """Leave-one-out Recall@K of embeddings ``x`` (n, d) with ``labels`` (n,) for each K of
+    ``ks`` below n (a larger K would only see the n - 1 other items again)."""
+    ks = [k for k in ks if k < len(labels)]
+    if not ks:
+        return {}
+    idx = neighbors_leave_one_out(x, max(ks))
+    return recall_at_k(labels, labels[idx], ks)
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Items of ``true`` whose nearest other item is of ``found``: how many, and the first such
+    item with that neighbour (row indices), as an example."""
+
+    true: str
+    found: str
+    count: int
+    example: int
+    neighbor: int
+
+
+def confusions(labels: Sequence[str], nearest: np.ndarray, top: int = 10) -> list[Confusion]:
+    """The ``top`` most frequent (label, label of its nearest neighbour) pairs that differ.
+
+    ``nearest`` (n,) is each row's nearest other row (leave-one-out). Pairs are directed (A
+    taken for B is not B taken for A), most frequent first, then by the labels.
+    """
+    found: dict[tuple[str, str], list[int]] = {}
+    for i, j in enumerate(nearest.tolist()):
+        if labels[i] != labels[j]:
+            found.setdefault((labels[i], labels[j]), []).append(i)
+    pairs = sorted(found.items(), key=lambda item: (-len(item[1]), item[0]))[:top]
+    return [Confusion(a, b, len(rows), rows[0], int(nearest[rows[0]])) for (a, b), rows in pairs]

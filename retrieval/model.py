@@ -65,6 +65,16 @@ class EmbeddingNet(nn.Module):
         """The spatial attention gates (B, 1, h, w) of the last forward, or None."""
         return self.attention.attention_map if self.attention is not None else None
 
+    @torch.inference_mode()
+    def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial attention gates (B, h, w), in (0, 1), of images ``x`` (B, 3, H, W), the
+        images as they are (not mirrored); the model must have attention."""
+        if self.attention is None:
+            raise ModelError("this model has no attention module")
+        self.descriptor_from(x)
+        assert self.attention.attention_map is not None
+        return self.attention.attention_map[:, 0]
+
     def pooled(self, maps: torch.Tensor) -> torch.Tensor:
         """Backbone feature maps (B, C, h, w) -> pooled descriptors (B, C), before the head."""
         if self.attention is not None:

@@ -28,7 +28,7 @@ from retrieval.datasets import DatasetOptions
 from retrieval.embed import Embedder
 from retrieval.errors import InputError, ModelError, ModelMismatchError, RetrieveError
 from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
-from retrieval.images import sha256_file
+from retrieval.images import load_rgb, sha256_file
 from retrieval.progress import ProgressFactory, no_progress
 from retrieval.runtime import (
     ONNX_FILE,
@@ -37,6 +37,7 @@ from retrieval.runtime import (
     onnx_entry,
     read_index_onnx,
 )
+from retrieval.visual import AttentionMap
 
 # torch (retrieval.model, retrieval.export) takes seconds to import: it is imported only inside
 # the use cases that need it. Querying and enrolling an index that holds its exported network
@@ -472,6 +473,30 @@ def query_stream(
             yield QueryResult(str(img), prediction, time.perf_counter() - start)
 
 
+def attention_maps(
+    images: Sequence[str | Path], index_dir: str | Path, *, model: str | None = None
+) -> list[AttentionMap] | None:
+    """The spatial attention of the index's model over each image (the part of it the network
+    sees), or None when the model has no attention module. Only a model with attention is
+    re-created in torch (see model_for): the exported network does not expose its attention."""
+    with IndexStore.open(index_dir) as store:
+        spec = store.model.get("spec")
+        if not (isinstance(spec, dict) and spec.get("attention")):
+            return None
+        loaded = model_for(store, model)
+    import torch
+
+    from retrieval.transforms import EvalTransform
+
+    transform = EvalTransform(loaded.net.preprocess)
+    out = []
+    for img in images:
+        rgb = load_rgb(img, min_side=transform.pre.resize)
+        gates = loaded.net.spatial_attention(torch.from_numpy(transform(rgb)[None]))
+        out.append(AttentionMap(gates[0].numpy(), transform.crop_box(rgb.size)))
+    return out
+
+
 def enroll(
     label: str,
     inputs: Sequence[str | Path],
@@ -621,6 +646,18 @@ def _build_notes(target: Path) -> list[str]:
     return notes
 
 
+@dataclass
+class Evaluation:
+    """What evaluate measured (its ``metrics``, the keys of ``evaluate --json``) and what it
+    measured it on: each readable image's vector, label and path, in the same order."""
+
+    metrics: dict[str, Any]
+    vectors: np.ndarray
+    labels: list[str]
+    paths: list[str]
+    skipped: list[tuple[str, str]]
+
+
 def evaluate(
     data_dir: str | Path,
     *,
@@ -631,10 +668,10 @@ def evaluate(
     batch_size: int = 32,
     dataset: DatasetOptions | None = None,
     progress: ProgressFactory = no_progress,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a dataset (a folder per label,
     or a benchmark read with ``dataset``'s options), and the enrolment curve: top-1 k-NN accuracy
-    after enrolling ``shots`` random images per class."""
+    after enrolling ``shots`` random images per class; with the embeddings they came from."""
     from retrieval.export import fast_embedder
     from retrieval.model import load_model
 
@@ -655,5 +692,10 @@ def evaluate(
         str(n): enrollment_accuracy(result.vectors, labels, n, seed=seed, k=k) for n in shots
     }
     metrics.update(n_images=len(labels), n_classes=len(set(labels)), model=loaded.name)
-    metrics["skipped"] = scan.skipped + result.failures
-    return metrics
+    return Evaluation(
+        metrics,
+        result.vectors,
+        labels,
+        [str(scan.records[i].path) for i in result.ok],
+        scan.skipped + result.failures,
+    )

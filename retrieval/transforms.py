@@ -16,15 +16,25 @@ class EvalTransform:
         self.mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, 1, 3) * 255.0
         self.inv_std = 1.0 / (np.asarray(pre.std, dtype=np.float32).reshape(1, 1, 3) * 255.0)
 
-    def __call__(self, img: Image.Image) -> np.ndarray:
-        w, h = img.size
+    def _resized(self, size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+        """(resized size, left, top of the centre crop in it) for an image of ``size``."""
+        w, h = size
         scale = self.pre.resize / min(w, h)
-        size = (max(self.pre.crop, round(w * scale)), max(self.pre.crop, round(h * scale)))
-        if size != (w, h):
+        resized = (max(self.pre.crop, round(w * scale)), max(self.pre.crop, round(h * scale)))
+        return resized, (resized[0] - self.pre.crop) // 2, (resized[1] - self.pre.crop) // 2
+
+    def crop_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The part of an image of ``size`` that the network sees, as fractions of its width and
+        height: (left, top, right, bottom)."""
+        (w, h), left, top = self._resized(size)
+        c = self.pre.crop
+        return left / w, top / h, (left + c) / w, (top + c) / h
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        size, left, top = self._resized(img.size)
+        if size != img.size:
             img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
         c = self.pre.crop
-        left = (size[0] - c) // 2
-        top = (size[1] - c) // 2
         img = img.crop((left, top, left + c, top + c))
         arr = np.subtract(np.asarray(img), self.mean, dtype=np.float32)
         arr *= self.inv_std

@@ -30,6 +30,19 @@ def write_image(path: Path, color: tuple[int, int, int], seed: int, size: int = 
     return path
 
 
+# The keys of `retrieve evaluate --json` (a contract: scripts read them).
+EVALUATE_JSON_KEYS = {
+    "recall_at_1",
+    "recall_at_2",
+    "recall_at_4",
+    "recall_at_8",
+    "map_at_r",
+    "enrollment",
+    "n_images",
+    "n_classes",
+    "model",
+}
+
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from retrieval.cli import main
 
-from .conftest import COLORS, write_image
+from .conftest import COLORS, EVALUATE_JSON_KEYS, write_image
 
 
 def run(*args: object, ok: bool = True):
@@ -87,17 +87,7 @@ def test_train_bad_settings(gallery: Path, tmp_path: Path):
 
 def test_evaluate_json(gallery: Path):
     m = json.loads(run("evaluate", gallery, "--model", "tiny", "--json").output)
-    assert set(m) == {
-        "recall_at_1",
-        "recall_at_2",
-        "recall_at_4",
-        "recall_at_8",
-        "map_at_r",
-        "enrollment",
-        "n_images",
-        "n_classes",
-        "model",
-    }
+    assert set(m) == EVALUATE_JSON_KEYS
     assert m["n_images"] == 12 and m["n_classes"] == 3 and m["model"] == "tiny"
     assert set(m["enrollment"]) == {"1", "5", "10"}
     assert 0.0 <= m["enrollment"]["1"] <= 1.0
