@@ -145,6 +145,7 @@ def main() -> None:
     chosen = random.Random(args.seed).sample(paths, min(args.photos, len(paths)))
     photos = [(Path(p).name, Path(p).read_bytes()) for p in chosen]
 
+    load_before = os.getloadavg()[0]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +165,11 @@ def main() -> None:
         shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]
     )
     report = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        },
         "command": command,
         "index": {"path": str(args.index), "items": count, "model": model},
         "photos": len(photos),
@@ -173,7 +178,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"machine: {report['machine']['cpu']}, {os.cpu_count()} cores; command: {command}")
+    machine = report["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores; command: {command}")
+    before, after = machine["load_average_1min"]
+    print(f"load average (1 min) before {before:.2f}, after {after:.2f} (other work included)")
     print(f"index: {count} items, model {model}; {len(photos)} distinct photos posted")
     print("| clients | seconds | requests | requests/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|---|")
