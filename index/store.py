@@ -420,6 +420,13 @@ class IndexStore:
         finally:
             self._lock.release()
 
+    @property
+    def replaced(self) -> bool:
+        """Whether the folder now holds another index than the one opened (``build-index
+        --force`` swapped one in): this store keeps reading the records it opened, and refuses
+        to write."""
+        return self._replaced()
+
     def _replaced(self) -> bool:
         """Whether the folder now holds another index than the one this store opened (swapped
         in by ``build-index --force``): its files are then not this store's to read or write."""

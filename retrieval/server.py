@@ -35,6 +35,7 @@ from index.errors import IndexLockedError, IndexStoreError
 from index.fsutil import atomic_write_bytes
 from retrieval import service
 from retrieval.data import validate_label
+from retrieval.embed import Embedder
 from retrieval.errors import ImageError, InputError, RetrieveError
 from retrieval.images import thumbnail_jpeg
 
@@ -61,31 +62,47 @@ def _safe_name(filename: str | None) -> str:
 
 
 class Gallery:
-    """The open index and its embedder, loaded once; the use cases a request calls."""
+    """The open index and its embedder, loaded once (again only when ``build-index --force``
+    has put another index in the folder); the use cases a request calls."""
 
     def __init__(self, index_dir: str | Path) -> None:
-        self.store = IndexStore.open(index_dir)
-        try:
-            self.embedder = service.embedder_for(self.store)
-        except BaseException:
-            self.store.close()
-            raise
-        self.uploads = self.store.path.resolve() / UPLOADS
+        self.index_dir = Path(index_dir)
+        self._opened = self._open()
+        self.uploads = self.index_dir.resolve() / UPLOADS
         self._enrolling = threading.Lock()
+        self._reopening = threading.Lock()
+
+    def _open(self) -> tuple[IndexStore, Embedder]:
+        store = IndexStore.open(self.index_dir)
+        try:
+            return store, service.embedder_for(store)
+        except BaseException:
+            store.close()
+            raise
+
+    def current(self) -> tuple[IndexStore, Embedder]:
+        """The open index and its embedder; reopened if the folder now holds another index.
+        The one replaced is left to requests still using it (it closes when they are done)."""
+        if self._opened[0].replaced:
+            with self._reopening:
+                if self._opened[0].replaced:
+                    self._opened = self._open()
+        return self._opened
 
     def close(self) -> None:
-        self.store.close()
+        self._opened[0].close()
 
     def query(
         self, upload: UploadFile, *, k: int, min_score: float, method: str
     ) -> service.QueryResult:
         name = upload.filename or "upload"
+        store, embedder = self.current()
         with tempfile.NamedTemporaryFile(prefix="retrieve-query-", suffix=Path(name).suffix) as f:
             shutil.copyfileobj(upload.file, f)
             f.flush()
             return service.answer(
-                self.store,
-                self.embedder,
+                store,
+                embedder,
                 f.name,
                 name=name,
                 k=k,
@@ -103,9 +120,7 @@ class Gallery:
             stored = [self._store_upload(u) for u in uploads]
             report = None
             try:
-                report = service.enroll_into(
-                    self.store, self.embedder, label, [s.path for s in stored]
-                )
+                report = service.enroll_into(*self.current(), label, [s.path for s in stored])
             finally:
                 added = set() if report is None else set(report.added)
                 for s in stored:
@@ -141,7 +156,7 @@ class Gallery:
     def remove(self, *, label: str | None, path: str | None) -> list[Item]:
         """Remove a label or the item(s) at a path; photos enrolled through the service go
         from INDEX/uploads with their items."""
-        gone = service.remove_from(self.store, label=label, path=path)
+        gone = service.remove_from(self.current()[0], label=label, path=path)
         for item in gone:
             file = Path(item.path)
             if file.parent.parent == self.uploads:
@@ -150,20 +165,25 @@ class Gallery:
         return gone
 
     def thumbnail(self, item_id: int) -> bytes:
-        found = self.store.items([item_id])
+        store = self.current()[0]
+        found = store.items([item_id])
         if not found:
-            raise HTTPException(404, f"no item with id {item_id} in {self.store.path}")
+            raise HTTPException(404, f"no item with id {item_id} in {store.path}")
         try:
             return thumbnail_jpeg(found[0].path, THUMB_SIDE)
         except ImageError as exc:
             raise HTTPException(404, f"item {item_id}: {exc}") from exc
 
+    def labels(self) -> dict[str, int]:
+        return self.current()[0].label_counts()
+
     def health(self) -> dict[str, Any]:
+        store = self.current()[0]
         return {
             "ok": True,
-            "count": len(self.store),
-            "model": self.store.model.get("name", "?"),
-            "index": str(self.store.path.resolve()),
+            "count": len(store),
+            "model": store.model.get("name", "?"),
+            "index": str(store.path.resolve()),
         }
 
 
@@ -229,7 +249,7 @@ def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLO
 
     @app.get("/labels", summary="Number of items per label")
     def labels() -> dict[str, int]:
-        return gallery.store.label_counts()
+        return gallery.labels()
 
     @app.get("/health", summary="Whether the service is up, and what it serves")
     def health() -> dict[str, Any]:

@@ -14,6 +14,7 @@ import httpx
 from click.testing import CliRunner
 from PIL import Image
 
+from retrieval import service
 from retrieval.cli import main
 
 from ..conftest import COLORS, write_image
@@ -219,3 +220,19 @@ def test_serve_refuses_a_folder_that_is_not_an_index(tmp_path: Path):
     result = CliRunner().invoke(main, ["serve", "--index", str(tmp_path / "none")])
     assert result.exit_code == 1
     assert "is not an index" in result.output
+
+
+def test_an_index_rebuilt_in_place_is_reopened(index: Path, tmp_path: Path):
+    gallery = tmp_path / "other"
+    for j in range(3):
+        write_image(gallery / "purple" / f"{j}.png", PURPLE, seed=400 + j)
+        write_image(gallery / "red" / f"{j}.png", COLORS["red"], seed=410 + j)
+    probe = write_image(tmp_path / "probe.png", PURPLE, seed=499)
+    with running(index) as url, httpx.Client() as client:
+        assert client.get(f"{url}/health").json()["count"] == 12
+        service.build_index(gallery, index, model="tiny", force=True)
+        assert client.get(f"{url}/labels").json() == {"purple": 3, "red": 3}
+        assert post_image(client, f"{url}/query", probe).json()["label"] == "purple"
+        r = enroll(client, url, "green", write_image(tmp_path / "g.png", COLORS["green"], seed=7))
+        assert r.status_code == 200 and r.json()["count"] == 1
+    assert "index OK: 7 items" in cli("check", "--index", index)
