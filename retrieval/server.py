@@ -69,7 +69,9 @@ class Gallery:
         self.index_dir = Path(index_dir)
         self._opened = self._open()
         self.uploads = self.index_dir.resolve() / UPLOADS
-        self._enrolling = threading.Lock()
+        # Held by a request that adds or deletes files under uploads/ from before it changes the
+        # index until its files match it, so that no other one deletes a file it records.
+        self._uploads_lock = threading.Lock()
         self._reopening = threading.Lock()
 
     def _open(self) -> tuple[IndexStore, Embedder]:
@@ -116,10 +118,12 @@ class Gallery:
         validate_label(label)
         if len(uploads) > MAX_FILES:
             raise InputError(f"{len(uploads)} files in one request; send at most {MAX_FILES}")
-        with self._enrolling:  # one enrolment at a time owns the files it adds under uploads/
-            stored = [self._store_upload(u) for u in uploads]
+        with self._uploads_lock:
+            stored: list[_Stored] = []
             report = None
             try:
+                for upload in uploads:
+                    stored.append(self._store_upload(upload))
                 report = service.enroll_into(*self.current(), label, [s.path for s in stored])
             finally:
                 added = set() if report is None else set(report.added)
@@ -156,12 +160,13 @@ class Gallery:
     def remove(self, *, label: str | None, path: str | None) -> list[Item]:
         """Remove a label or the item(s) at a path; photos enrolled through the service go
         from INDEX/uploads with their items."""
-        gone = service.remove_from(self.current()[0], label=label, path=path)
-        for item in gone:
-            file = Path(item.path)
-            if file.parent.parent == self.uploads:
-                file.unlink(missing_ok=True)
-                _remove_empty(file.parent)
+        with self._uploads_lock:
+            gone = service.remove_from(self.current()[0], label=label, path=path)
+            for item in gone:
+                file = Path(item.path)
+                if file.parent.parent == self.uploads:
+                    file.unlink(missing_ok=True)
+                    _remove_empty(file.parent)
         return gone
 
     def thumbnail(self, item_id: int) -> bytes:
