@@ -64,6 +64,7 @@ async function ask(file) {
     $("answer-label").textContent = "—";
     $("error").textContent = e.message;
     $("error").hidden = false;
+    $("enroll").hidden = true;
   }
 }
 
