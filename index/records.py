@@ -164,7 +164,10 @@ class RecordDB:
 
     @staticmethod
     def _connect(target: str, *, uri: bool) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, uri=uri, timeout=30.0, isolation_level=None)
+        # Any thread may use the connection; IndexStore lets one thread at a time do so.
+        conn = sqlite3.connect(
+            target, uri=uri, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":

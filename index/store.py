@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import operator
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -43,6 +45,20 @@ _OWN_FILES = frozenset(
 _ATOMIC_FILES = (MANIFEST, VECTORS, SIDECAR)
 NORM_TOLERANCE = 1e-3
 _OPEN_TRIES = 5
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialised(method: _F) -> _F:
+    """Run ``method`` holding the store's mutex: one thread at a time uses its SQLite
+    connection and in-memory FAISS index (see IndexStore)."""
+
+    @functools.wraps(method)
+    def wrapper(self: IndexStore, *args: Any, **kwargs: Any) -> Any:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -130,6 +146,11 @@ class IndexStore:
 
     Get one with ``create`` or ``open``. Every mutating call is committed before it returns.
     Vectors are float32 L2-normalised rows; a search's score is the cosine similarity.
+
+    One store may be shared by threads (a server's requests): a re-entrant mutex lets one thread
+    at a time into it, for one call or for a whole ``writing()`` block (every write is one), so
+    FAISS is never searched while it is being changed, and a look-up followed by an add inside
+    ``writing()`` sees no other thread's write in between.
     """
 
     def __init__(
@@ -141,6 +162,7 @@ class IndexStore:
         new: bool = False,
         lock_timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
+        self._mutex = threading.RLock()
         self._root = root
         self._manifest = manifest
         self._db: RecordDB | None = db
@@ -277,6 +299,7 @@ class IndexStore:
         root = Path(path)
         return (root / MANIFEST).is_file() and (root / RECORDS).is_file()
 
+    @_serialised
     def close(self) -> None:
         """Release the database; safe to call twice. Nothing is lost without it."""
         if self._db is not None:
@@ -318,11 +341,13 @@ class IndexStore:
         return self._root
 
     @property
+    @_serialised
     def layout(self) -> Layout:
         """The FAISS index in use: its type and, for IVF, its lists and lists searched."""
         self._records()
         return backend.layout(self._index)
 
+    @_serialised
     def __len__(self) -> int:
         return self._records().count()
 
@@ -394,6 +419,13 @@ class IndexStore:
                 self._save_cache(self._index, self._generation)
         finally:
             self._lock.release()
+
+    @property
+    def replaced(self) -> bool:
+        """Whether the folder now holds another index than the one opened (``build-index
+        --force`` swapped one in): this store keeps reading the records it opened, and refuses
+        to write."""
+        return self._replaced()
 
     def _replaced(self) -> bool:
         """Whether the folder now holds another index than the one this store opened (swapped
@@ -508,7 +540,7 @@ class IndexStore:
         another index than the one opened (replaced by ``build-index --force``).
         """
         self._records()
-        with self._lock.held(self._lock_timeout if timeout is None else timeout):
+        with self._mutex, self._lock.held(self._lock_timeout if timeout is None else timeout):
             if self._write_depth == 0:
                 if self._replaced():
                     raise IndexStoreError(
@@ -635,6 +667,7 @@ class IndexStore:
 
     # --- reads ------------------------------------------------------------------------------
 
+    @_serialised
     def search(self, vectors: ArrayLike, k: int) -> list[list[Hit]]:
         """The at most min(k, len) nearest items of each query row, best (highest score) first."""
         k = operator.index(k)
@@ -661,16 +694,19 @@ class IndexStore:
             for score_row, id_row in zip(scores, ids, strict=True)
         ]
 
+    @_serialised
     def find_sha256(self, sha256s: Iterable[str]) -> dict[str, Item]:
         """The item holding each of these content hashes that is present (the oldest if several)."""
         if isinstance(sha256s, (str, bytes)):
             raise TypeError("sha256s must be an iterable of strings, not a single string")
         return {sha: _item(row) for sha, row in self._records().find_sha256(sha256s).items()}
 
+    @_serialised
     def label_counts(self) -> dict[str, int]:
         """Number of items per label, sorted by label."""
         return self._records().label_counts()
 
+    @_serialised
     def items(self, ids: Iterable[int] | None = None) -> list[Item]:
         """Every item in id order, or the items with ``ids`` in that order (unknown ids skipped)."""
         db = self._records()
@@ -678,6 +714,7 @@ class IndexStore:
             return [_item(row) for row in db.rows()]
         return [_item(row) for row in db.rows(_as_ids(ids).tolist())]
 
+    @_serialised
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 (n,), vectors float32 (n, dim)) of every item, from the records."""
         return self._records().all_vectors(self.dim)

@@ -10,9 +10,12 @@ VOTES = ("weighted", "majority")
 
 @dataclass(frozen=True)
 class Neighbor:
+    """A gallery item near the query; ``id`` is its id in the index, when it has one."""
+
     path: str
     label: str
     score: float
+    id: int | None = None
 
 
 @dataclass(frozen=True)

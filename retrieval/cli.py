@@ -539,3 +539,37 @@ def evaluate_cmd(
         for n, acc in m["enrollment"].items()
     )
     click.echo("enrolment: " + "  ".join(shots))
+
+
+SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart")
+
+
+@main.command("serve")
+@_index_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=32,
+    show_default=True,
+    help="Largest request body (all files of one request); larger ones get 413.",
+)
+def serve_cmd(index_dir: Path, host: str, port: int, max_upload_mb: float) -> None:
+    """Serve the index over HTTP: POST /query, POST /enroll, DELETE /items, GET /labels,
+    GET /health, a web page at / and the API docs at /docs. The index and its network are
+    loaded once, at start-up."""
+    try:
+        import uvicorn
+
+        from retrieval.server import create_app
+    except ModuleNotFoundError as exc:
+        if exc.name not in SERVE_MODULES:
+            raise
+        _fail(
+            f"retrieve serve needs the 'serve' extra ({exc.name} is not installed): "
+            "pip install 'retrieve[serve]'"
+        )
+    app = create_app(index_dir, max_upload_mb=max_upload_mb)
+    click.echo(f"serving {index_dir} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    uvicorn.run(app, host=host, port=port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import warnings
 from collections.abc import Iterator
@@ -138,3 +139,13 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def thumbnail_jpeg(path: str | Path, side: int = 160, quality: int = 85) -> bytes:
+    """A JPEG of the upright image at ``path`` scaled to fit a ``side`` x ``side`` square (never
+    enlarged). Raises ImageError naming the file."""
+    img = load_rgb(path, min_side=side)
+    img.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality)
+    return out.getvalue()

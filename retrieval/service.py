@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from index import IndexStore
+from index import IndexStore, Item
 from index.check import CheckReport, check_index, repair_index
 from index.errors import IndexExistsError, IndexFormatError, IndexLockedError, IndexStoreError
 from index.fsutil import aside_name, atomic_write_bytes, exchange
@@ -91,7 +91,8 @@ class QueryResult:
             "label": p.label,
             "confidence": round(p.confidence, 6),
             "neighbors": [
-                {"path": n.path, "label": n.label, "score": round(n.score, 6)} for n in p.neighbors
+                {"path": n.path, "label": n.label, "score": round(n.score, 6), "id": n.id}
+                for n in p.neighbors
             ],
         }
 
@@ -457,20 +458,38 @@ def query_stream(
     with IndexStore.open(index_dir) as store:
         embedder = embedder_for(store, model, batch_size=1)
         for img in images:
-            start = time.perf_counter()
             if not Path(img).is_file():
                 raise InputError(f"query image {img} does not exist")
-            result = embedder.embed_paths([img])
-            if result.failures:
-                raise InputError(result.failures[0][1])
-            sha = sha256_file(img)
-            same = store.find_sha256([sha]).get(sha)
-            (row,) = store.search(result.vectors, k + (same is not None))
-            neighbors = [
-                Neighbor(h.path, h.label, h.score) for h in row if same is None or h.id != same.id
-            ]
-            prediction = vote(neighbors[:k], k=k, method=method, min_score=min_score)
-            yield QueryResult(str(img), prediction, time.perf_counter() - start)
+            yield answer(store, embedder, img, k=k, min_score=min_score, method=method)
+
+
+def answer(
+    store: IndexStore,
+    embedder: Embedder,
+    image: str | Path,
+    *,
+    name: str | None = None,
+    k: int = 5,
+    min_score: float = 0.0,
+    method: str = "weighted",
+) -> QueryResult:
+    """Classify one image file by a k-NN vote over an open index with its embedder; ``name`` is
+    what the result and an error call the image (default: its path). A gallery item with the
+    same content as the image is left out of its neighbours (a photo does not vote for
+    itself). ``seconds`` of the result is its own time (decode, embed, search, vote)."""
+    start = time.perf_counter()
+    name = str(image) if name is None else name
+    result = embedder.embed_paths([image])
+    if result.failures:
+        raise InputError(result.failures[0][1].replace(str(image), name))
+    sha = sha256_file(image)
+    same = store.find_sha256([sha]).get(sha)
+    (row,) = store.search(result.vectors, k + (same is not None))
+    neighbors = [
+        Neighbor(h.path, h.label, h.score, h.id) for h in row if same is None or h.id != same.id
+    ]
+    prediction = vote(neighbors[:k], k=k, method=method, min_score=min_score)
+    return QueryResult(name, prediction, time.perf_counter() - start)
 
 
 def attention_maps(
@@ -515,53 +534,77 @@ def enroll(
     validate_label(label)
     with IndexStore.open(index_dir) as store:
         scan = collect_images(list(inputs))
-        records = [Record(r.path, label) for r in scan.records]
         embedder = embedder_for(store, model, batch_size=batch_size)
-        shas = _hash_records(records)
-        with store.writing():  # a writer, even with nothing to add: leftovers of killed ones go
-            known = store.find_sha256(shas)
-        keep, dupes = _dedupe(records, shas, known)
-        embedded = _Embedded()
-        if keep:
-            embedded = _embed_into(
-                store,
-                embedder,
-                [records[i] for i in keep],
-                [shas[i] for i in keep],
-                progress,
-                "enrolling",
-            )
-            if not embedded.added and not embedded.duplicates:
-                raise InputError(
-                    f"none of the images for {label!r} could be read; nothing enrolled"
-                )
-        total = store.label_counts().get(label, 0)
+        return enroll_into(
+            store, embedder, label, [r.path for r in scan.records], scan.skipped, progress
+        )
+
+
+def enroll_into(
+    store: IndexStore,
+    embedder: Embedder,
+    label: str,
+    paths: Sequence[str | Path],
+    skipped: Sequence[tuple[str, str]] = (),
+    progress: ProgressFactory = no_progress,
+) -> EnrollReport:
+    """Add image files under ``label`` to an open index with its embedder (see enroll);
+    ``skipped`` are inputs already set aside, reported with those that cannot be decoded.
+    InputError, nothing added, if none of ``paths`` can be read."""
+    validate_label(label)
+    records = [Record(Path(p), label) for p in paths]
+    shas = _hash_records(records)
+    with store.writing():  # a writer, even with nothing to add: leftovers of killed ones go
+        known = store.find_sha256(shas)
+    keep, dupes = _dedupe(records, shas, known)
+    embedded = _Embedded()
+    if keep:
+        embedded = _embed_into(
+            store,
+            embedder,
+            [records[i] for i in keep],
+            [shas[i] for i in keep],
+            progress,
+            "enrolling",
+        )
+        if not embedded.added and not embedded.duplicates:
+            raise InputError(f"none of the images for {label!r} could be read; nothing enrolled")
     return EnrollReport(
         label,
         embedded.added,
         dupes + embedded.duplicates,
-        scan.skipped + embedded.failures,
-        total,
+        [*skipped, *embedded.failures],
+        store.label_counts().get(label, 0),
     )
 
 
 def remove(index_dir: str | Path, *, label: str | None = None, path: str | None = None) -> int:
     """Remove every item of ``label``, or the item(s) at ``path``; returns how many went."""
+    with IndexStore.open(index_dir) as store:
+        return len(remove_from(store, label=label, path=path))
+
+
+def remove_from(
+    store: IndexStore, *, label: str | None = None, path: str | None = None
+) -> list[Item]:
+    """Remove every item of ``label``, or the item(s) at ``path`` (as given, or resolved), from
+    an open index; returns the items removed. InputError, nothing removed, if there are none."""
     if (label is None) == (path is None):
         raise InputError("give exactly one of --label or --path")
-    with IndexStore.open(index_dir) as store, store.writing():
+    with store.writing():
         if label is not None:
-            n = store.remove_label(label)
-            if n == 0:
+            gone = [item for item in store.items() if item.label == label]
+            if not gone:
                 raise InputError(f"no items with label {label!r} in {store.path}")
-            return n
-        assert path is not None
-        n = store.remove_path(str(Path(path).resolve()))
-        if n == 0:
-            n = store.remove_path(path)
-        if n == 0:
-            raise InputError(f"no item with path {path} in {store.path}")
-        return n
+        else:
+            assert path is not None
+            resolved = str(Path(path).resolve())
+            items = store.items()
+            gone = [i for i in items if i.path == resolved] or [i for i in items if i.path == path]
+            if not gone:
+                raise InputError(f"no item with path {path} in {store.path}")
+        store.remove_ids([item.id for item in gone])
+    return gone
 
 
 def info(index_dir: str | Path) -> Info:

@@ -160,7 +160,7 @@ def measure_ann(
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -190,7 +190,7 @@ def main() -> None:
     cmd = "python " + " ".join(
         shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]
     )
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} cores; command: {cmd}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; command: {cmd}")
     print(
         f"data: {args.n} + {args.queries} queries, {args.dim}-d, {CENTRES} clusters, "
         f"noise {NOISE}, seed {args.seed}"

@@ -59,7 +59,9 @@ def test_query_json_contract(built: Path, tmp_path: Path):
     assert 0 < obj["confidence"] <= 1
     scores = [n["score"] for n in obj["neighbors"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
-    assert all(set(n) == {"path", "label", "score"} for n in obj["neighbors"])
+    assert all(set(n) == {"path", "label", "score", "id"} for n in obj["neighbors"])
+    assert len({n["id"] for n in obj["neighbors"]}) == 3
+    assert all(isinstance(n["id"], int) for n in obj["neighbors"])
 
 
 def test_query_text_and_unknown(built: Path, tmp_path: Path):

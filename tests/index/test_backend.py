@@ -37,6 +37,18 @@ def test_search_strips_padding() -> None:
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
+def test_few_queries_search_like_many_and_leave_the_thread_count() -> None:
+    index, _, _ = _index(500)
+    queries = unit_rows(backend.FEW_QUERIES + 1, dim=8, seed=9)
+    threads = faiss.omp_get_max_threads()
+    many = backend.search(index, queries, 5)
+    for row in range(len(queries)):
+        scores, ids = backend.search(index, queries[row : row + 1], 5)
+        np.testing.assert_array_equal(ids[0], many[1][row])
+        np.testing.assert_allclose(scores[0], many[0][row], atol=1e-6)
+    assert faiss.omp_get_max_threads() == threads
+
+
 def test_search_empty_index() -> None:
     index = backend.new_flat_index(8)
     scores, ids = backend.search(index, unit_rows(4, dim=8), 5)

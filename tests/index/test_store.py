@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -275,3 +276,44 @@ def test_context_manager_closes(root: Path) -> None:
         pass
     with pytest.raises(IndexStoreError):
         store.label_counts()
+
+
+def test_one_store_shared_by_threads(store: IndexStore) -> None:
+    """Threads search one store while another adds and removes through it: every search
+    succeeds, and each hit is an item with its own vector's score (never a half-applied write)."""
+    vectors = unit_rows(400, seed=7)
+    add_items(store, vectors[:100], ["base"] * 100)
+    queries = unit_rows(8, seed=8)
+    errors: list[BaseException] = []
+    searches = [0]
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                for row, q in zip(store.search(queries, 5), queries, strict=True):
+                    assert len(row) == 5
+                    for hit in row:
+                        assert hit.label in {"base", "new"}
+                        own = vectors[int(Path(hit.path).stem)]
+                        assert abs(hit.score - float(own @ q)) < 1e-5
+                searches[0] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for start in range(100, 400, 30):
+            with store.writing():
+                assert not store.find_sha256([fake_sha(start)])
+                add_items(store, vectors[start : start + 30], ["new"] * 30, start=start)
+            assert store.remove_path(f"/gallery/new/{start}.jpg") == 1
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors[0]
+    assert searches[0] > 0
+    assert len(store) == 400 - 10

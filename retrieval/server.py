@@ -1,0 +1,283 @@
+"""The HTTP service of ``retrieve serve``: the use cases of service.py over HTTP, and a web page.
+
+The index and its network are opened once, when the app is made, and shared by every request:
+IndexStore serialises its own calls between threads (one search or write at a time), while
+images are decoded and embedded in the requests' threads side by side. Writes by other processes
+(a ``retrieve enroll`` in another terminal) are seen by the next query: the store compares its
+generation with the records' on every search.
+
+Photos enrolled through the service are kept in ``INDEX/uploads/<sha256 prefix>/<name>`` (the
+path the index records for them); a photo to classify lives in a temp file only while it is
+embedded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from index import IndexStore, Item
+from index.errors import IndexLockedError, IndexStoreError
+from index.fsutil import atomic_write_bytes
+from retrieval import service
+from retrieval.data import validate_label
+from retrieval.embed import Embedder
+from retrieval.errors import ImageError, InputError, RetrieveError
+from retrieval.images import thumbnail_jpeg
+
+UPLOADS = "uploads"
+THUMB_SIDE = 160
+DEFAULT_MAX_UPLOAD_MB = 32
+MAX_FILES = service.CHUNK  # one enrolment request is one commit: all of it or nothing
+_UNSAFE = re.compile(r"[^\w.\- ]+")
+
+
+@dataclass
+class _Stored:
+    """An uploaded photo written under INDEX/uploads for enrolment."""
+
+    name: str  # as uploaded
+    path: Path
+    created: bool  # by this request (False: the same content and name were there already)
+
+
+def _safe_name(filename: str | None) -> str:
+    """The upload's base name with anything but letters, digits, ``.-_`` and spaces replaced."""
+    name = _UNSAFE.sub("_", Path(filename or "").name).strip(" .")
+    return name[:120] or "upload"
+
+
+class Gallery:
+    """The open index and its embedder, loaded once (again only when ``build-index --force``
+    has put another index in the folder); the use cases a request calls."""
+
+    def __init__(self, index_dir: str | Path) -> None:
+        self.index_dir = Path(index_dir)
+        self._opened = self._open()
+        self.uploads = self.index_dir.resolve() / UPLOADS
+        # Held by a request that adds or deletes files under uploads/ from before it changes the
+        # index until its files match it, so that no other one deletes a file it records.
+        self._uploads_lock = threading.Lock()
+        self._reopening = threading.Lock()
+
+    def _open(self) -> tuple[IndexStore, Embedder]:
+        store = IndexStore.open(self.index_dir)
+        try:
+            return store, service.embedder_for(store)
+        except BaseException:
+            store.close()
+            raise
+
+    def current(self) -> tuple[IndexStore, Embedder]:
+        """The open index and its embedder; reopened if the folder now holds another index.
+        The one replaced is left to requests still using it (it closes when they are done)."""
+        if self._opened[0].replaced:
+            with self._reopening:
+                if self._opened[0].replaced:
+                    self._opened = self._open()
+        return self._opened
+
+    def close(self) -> None:
+        self._opened[0].close()
+
+    def query(
+        self, upload: UploadFile, *, k: int, min_score: float, method: str
+    ) -> service.QueryResult:
+        name = upload.filename or "upload"
+        store, embedder = self.current()
+        with tempfile.NamedTemporaryFile(prefix="retrieve-query-", suffix=Path(name).suffix) as f:
+            shutil.copyfileobj(upload.file, f)
+            f.flush()
+            return service.answer(
+                store,
+                embedder,
+                f.name,
+                name=name,
+                k=k,
+                min_score=min_score,
+                method=method,
+            )
+
+    def enroll(self, label: str, uploads: Sequence[UploadFile]) -> dict[str, Any]:
+        """Enrol the uploaded photos under ``label`` (the rules of ``retrieve enroll``); the
+        photos that are not added (unreadable, already indexed) are not kept."""
+        validate_label(label)
+        if len(uploads) > MAX_FILES:
+            raise InputError(f"{len(uploads)} files in one request; send at most {MAX_FILES}")
+        with self._uploads_lock:
+            stored: list[_Stored] = []
+            report = None
+            try:
+                for upload in uploads:
+                    stored.append(self._store_upload(upload))
+                report = service.enroll_into(*self.current(), label, [s.path for s in stored])
+            finally:
+                added = set() if report is None else set(report.added)
+                for s in stored:
+                    if s.created and str(s.path) not in added:
+                        s.path.unlink(missing_ok=True)
+                        _remove_empty(s.path.parent)
+        names = {str(s.path): s.name for s in stored}
+
+        def entries(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+            return [
+                {"file": names.get(p, p), "reason": reason.replace(p, names.get(p, p))}
+                for p, reason in pairs
+            ]
+
+        return {
+            "label": label,
+            "added": [names[p] for p in report.added],
+            "duplicates": entries(report.duplicates),
+            "skipped": entries(report.skipped),
+            "count": report.total_for_label,
+        }
+
+    def _store_upload(self, upload: UploadFile) -> _Stored:
+        data = upload.file.read()
+        name = _safe_name(upload.filename)
+        path = self.uploads / hashlib.sha256(data).hexdigest()[:16] / name
+        if path.is_file():
+            return _Stored(upload.filename or name, path, created=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        return _Stored(upload.filename or name, path, created=True)
+
+    def remove(self, *, label: str | None, path: str | None) -> list[Item]:
+        """Remove a label or the item(s) at a path; photos enrolled through the service go
+        from INDEX/uploads with their items."""
+        with self._uploads_lock:
+            gone = service.remove_from(self.current()[0], label=label, path=path)
+            for item in gone:
+                file = Path(item.path)
+                if file.parent.parent == self.uploads:
+                    file.unlink(missing_ok=True)
+                    _remove_empty(file.parent)
+        return gone
+
+    def thumbnail(self, item_id: int) -> bytes:
+        store = self.current()[0]
+        found = store.items([item_id])
+        if not found:
+            raise HTTPException(404, f"no item with id {item_id} in {store.path}")
+        try:
+            return thumbnail_jpeg(found[0].path, THUMB_SIDE)
+        except ImageError as exc:
+            raise HTTPException(404, f"item {item_id}: {exc}") from exc
+
+    def labels(self) -> dict[str, int]:
+        return self.current()[0].label_counts()
+
+    def health(self) -> dict[str, Any]:
+        store = self.current()[0]
+        return {
+            "ok": True,
+            "count": len(store),
+            "model": store.model.get("name", "?"),
+            "index": str(store.path.resolve()),
+        }
+
+
+def _remove_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty: a photo of the same content is kept there
+        folder.rmdir()
+
+
+def _web_root() -> Path:
+    return Path(str(resources.files("retrieval") / "web"))
+
+
+def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+    """The service over the index at ``index_dir``, opened now (with its network): a bad index
+    fails here, before anything listens. Request bodies over ``max_upload_mb`` MiB get 413."""
+    gallery = Gallery(index_dir)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        gallery.close()
+
+    app = FastAPI(
+        title="retrieve",
+        summary="Fine-grained recognition by retrieval: query, enrol, remove.",
+        lifespan=lifespan,
+        max_body_size=int(max_upload_mb * 1024 * 1024),
+    )
+    app.state.gallery = gallery
+
+    @app.exception_handler(RetrieveError)
+    async def bad_input(_: Request, exc: RetrieveError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(IndexStoreError)
+    async def index_error(_: Request, exc: IndexStoreError) -> JSONResponse:
+        status = 503 if isinstance(exc, IndexLockedError) else 500
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.post("/query", summary="Classify an uploaded photo (the JSON of `retrieve query --json`)")
+    def query(
+        file: Annotated[UploadFile, File(description="The photo to classify")],
+        k: Annotated[int, Query(ge=1, description="Neighbours that vote")] = 5,
+        min_score: Annotated[float, Query(description="'unknown' below this best score")] = 0.0,
+        vote: Annotated[Literal["weighted", "majority"], Query()] = "weighted",
+    ) -> dict[str, Any]:
+        return gallery.query(file, k=k, min_score=min_score, method=vote).to_json()
+
+    @app.post("/enroll", summary="Add uploaded photos under a label (`retrieve enroll`)")
+    def enroll(
+        label: Annotated[str, Form(description="New or existing label")],
+        files: Annotated[list[UploadFile], File(description="One or more photos")],
+    ) -> dict[str, Any]:
+        return gallery.enroll(label, files)
+
+    @app.delete("/items", summary="Remove a label or one photo (`retrieve remove`)")
+    def remove(label: str | None = None, path: str | None = None) -> dict[str, Any]:
+        gone = gallery.remove(label=label, path=path)
+        return {
+            "removed": len(gone),
+            "items": [{"id": i.id, "label": i.label, "path": i.path} for i in gone],
+        }
+
+    @app.get("/labels", summary="Number of items per label")
+    def labels() -> dict[str, int]:
+        return gallery.labels()
+
+    @app.get("/health", summary="Whether the service is up, and what it serves")
+    def health() -> dict[str, Any]:
+        return gallery.health()
+
+    @app.get(
+        "/items/{item_id}/thumb",
+        summary="A small JPEG of a gallery item",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    def thumb(item_id: int) -> Response:
+        return Response(
+            gallery.thumbnail(item_id),
+            media_type="image/jpeg",
+            headers={"Cache-Control": "max-age=3600"},
+        )
+
+    web = _web_root()
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(web / "index.html")
+
+    app.mount("/static", StaticFiles(directory=web), name="static")
+    return app
