@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from index import IndexStore, Item
 from index.errors import IndexLockedError, IndexStoreError
@@ -215,6 +217,8 @@ def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLO
         title="retrieve",
         summary="Fine-grained recognition by retrieval: query, enrol, remove.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         max_body_size=int(max_upload_mb * 1024 * 1024),
     )
     app.state.gallery = gallery
@@ -273,6 +277,17 @@ def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLO
             headers={"Cache-Control": "max-age=3600"},
         )
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="retrieve — API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon-32x32.png",
+        )
+
+    app.mount("/docs-static", StaticFiles(directory=swagger_ui_path), name="docs-static")
     web = _web_root()
 
     @app.get("/", include_in_schema=False)

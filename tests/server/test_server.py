@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -107,7 +108,11 @@ def test_labels_health_docs(built: Path):
             "model": "tiny",
             "index": str(built.resolve()),
         }
-        assert client.get(f"{url}/docs").status_code == 200
+        docs = client.get(f"{url}/docs")
+        assert docs.status_code == 200 and "/openapi.json" in docs.text
+        assets = re.findall(r'(?:href|src)="([^"]+)"', docs.text)
+        assert len(assets) >= 3 and all(a.startswith("/docs-static/") for a in assets)
+        assert all(client.get(f"{url}{a}").status_code == 200 for a in assets)
         paths = client.get(f"{url}/openapi.json").json()["paths"]
         assert {"/query", "/enroll", "/items", "/labels", "/health"} <= set(paths)
         page = client.get(f"{url}/")
