@@ -24,7 +24,7 @@ from retrieval.distributed import RayEmbedding, build_index_on_ray
 from retrieval.errors import RetrieveError
 from retrieval.shards import shard_dirs
 
-from ..reliability.conftest import COMMAND_ENV, REPO, retrieve_exe, write_gallery
+from ..reliability.conftest import COMMAND_ENV, REPO, record, retrieve_exe, write_gallery
 from .conftest import answers, descendants_named, gallery_queries, run, same_answers
 
 pytestmark = pytest.mark.slow
@@ -166,6 +166,7 @@ def test_a_worker_killed_mid_build(cluster, tmp_path: Path):
         killer.join()
     assert killed, "no embedding worker was found to kill while the build ran"
     assert "index OK" in run("check", "--index", target).stdout, outcome
+    record("SIGKILL of a Ray embedding actor during build-index --ray", outcome=outcome)
 
 
 NO_RAY = """
