@@ -53,7 +53,7 @@ def connected(address: str | None, *, num_cpus: int | None = None) -> Iterator[N
         return
     try:
         ray.init(
-            address=address or None,
+            address=address or "local",  # "local": a new instance, never one already running
             num_cpus=None if address else num_cpus,
             include_dashboard=False,
             log_to_driver=False,

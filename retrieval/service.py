@@ -747,8 +747,11 @@ def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
     the records, remove the temp files of interrupted writes and the stray folders of
     interrupted builds (under the writer lock), then check again. Damaged records or manifest
     are reported, never repaired: they are the truth the rest is derived from; a resumable
-    build's staging folder is kept."""
+    build's staging folder is kept. A sharded index is checked (and repaired) shard by shard,
+    each shard's lines prefixed with its folder's name."""
     target = Path(index_dir)
+    if is_sharded(target):
+        return _check_shards(target, repair)
     report = check_index(target)
     report.notes.extend(_build_notes(target))
     report.problems.extend(_network_problems(target))
@@ -768,6 +771,25 @@ def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
     report.notes.extend(_build_notes(target))
     report.problems.extend(_network_problems(target))
     report.repaired = done
+    return report
+
+
+def _check_shards(target: Path, repair: bool) -> CheckReport:
+    report = CheckReport(target)
+    dirs = shard_dirs(target)
+    for folder in dirs:
+        part = check(folder, repair=repair)
+        report.items += part.items
+        report.source_ok = report.source_ok and part.source_ok
+        for mine, theirs in (
+            (report.problems, part.problems),
+            (report.notes, part.notes),
+            (report.repaired, part.repaired),
+        ):
+            mine.extend(f"{folder.name}: {line}" for line in theirs)
+    if not report.problems:
+        report.labels = len(label_counts(dirs))
+    report.notes.extend(_build_notes(target))
     return report
 
 

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from index import IndexStore
 from retrieval.cli import main
+from retrieval.shards import shard_dirs
 
 from ..reliability.conftest import write_gallery
 
@@ -68,6 +70,15 @@ def same_answers(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
                 assert abs(found[key] - n["score"]) < tol
             else:  # cut at the k-th place among equals
                 assert abs(n["score"] - theirs[-1]["score"]) < tol
+
+
+def shard_sizes(index: Path) -> list[int]:
+    """Items in each shard of a sharded index."""
+    out = []
+    for d in shard_dirs(index):
+        with IndexStore.open(d) as store:
+            out.append(len(store))
+    return out
 
 
 @pytest.fixture(scope="session")

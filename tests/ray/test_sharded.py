@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from index import IndexStore
 from retrieval import service
 from retrieval.images import sha256_file
 from retrieval.shard_actors import RayShards
 from retrieval.shards import SHARDS_FILE, shard_dirs
 
 from ..reliability.conftest import write_images
-from .conftest import answers, gallery_queries, run, same_answers
+from .conftest import answers, gallery_queries, run, same_answers, shard_sizes
 
 pytestmark = pytest.mark.slow
 
@@ -29,20 +28,17 @@ def sharded(ray_gallery: Path, tmp_path: Path) -> Path:
     return index
 
 
-def sizes(index: Path) -> list[int]:
-    out = []
-    for d in shard_dirs(index):
-        with IndexStore.open(d) as store:
-            out.append(len(store))
-    return out
-
-
 def test_sharded_layout_and_answers(cluster, sharded: Path, ray_gallery: Path, local_index: Path):
     doc = json.loads((sharded / SHARDS_FILE).read_text())
     assert doc == {"format_version": 1, "shards": ["shard-000", "shard-001", "shard-002"]}
-    assert sizes(sharded) == [24, 24, 24]
+    assert shard_sizes(sharded) == [24, 24, 24]
     for d in shard_dirs(sharded):
         assert "index OK: 24 items" in run("check", "--index", d).stdout
+    assert run("check", "--index", sharded).stdout == "index OK: 72 items, 6 labels\n"
+    (shard_dirs(sharded)[1] / "vectors.faiss").write_bytes(b"not faiss")
+    broken = run("check", "--index", sharded, ok=False)
+    assert broken.exit_code == 1 and "problem: shard-001: " in broken.stdout
+    assert "index OK: 72 items" in run("check", "--index", sharded, "--repair").stdout
     info = json.loads(run("info", "--index", sharded, "--json").stdout)
     assert info["count"] == 72 and info["shards"] == 3 and len(info["labels"]) == 6
     queries = gallery_queries(ray_gallery, 8)
@@ -70,15 +66,15 @@ def test_enrolment_goes_to_the_smallest_shard_and_is_seen_next_query(
         service.enroll("dark", new[3:], sharded)
         assert shards.counts() == [27, 25, 24]
     again = service.enroll("dark", [new[0]], sharded)  # content of another shard: skipped
-    assert not again.added and again.duplicates and sizes(sharded) == [27, 25, 24]
+    assert not again.added and again.duplicates and shard_sizes(sharded) == [27, 25, 24]
 
 
 def test_removal_reaches_every_shard(cluster, sharded: Path, ray_gallery: Path):
     assert run("remove", "--index", sharded, "--label", "label02").stdout == "removed 12 items\n"
-    assert sizes(sharded) == [20, 20, 20]
+    assert shard_sizes(sharded) == [20, 20, 20]
     one = sorted((ray_gallery / "label03").glob("*.png"))[5]
     assert run("remove", "--index", sharded, "--path", one).stdout == "removed 1 item\n"
-    assert sum(sizes(sharded)) == 59
+    assert sum(shard_sizes(sharded)) == 59
     queries = gallery_queries(ray_gallery, 6)
     for a in answers(sharded, queries, "--ray"):
         paths = {n["path"] for n in a["neighbors"]}
