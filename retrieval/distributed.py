@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ def connected(address: str | None, *, num_cpus: int | None = None) -> Iterator[N
     require_ray()
     import ray
 
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():
         yield
         return
@@ -66,6 +69,22 @@ def connected(address: str | None, *, num_cpus: int | None = None) -> Iterator[N
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """RetrieveError at once if nothing listens at a "host:port" address (Ray itself would
+    retry for minutes); other forms ("auto", "ray://...") are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise RetrieveError(
+            f"--ray {address}: nothing answers there ({exc.strerror or exc}); start the head "
+            "node with 'ray start --head' and give the address it prints"
+        ) from exc
 
 
 def is_ray_error(exc: BaseException) -> bool:
@@ -141,8 +160,8 @@ class RayEmbedding:
         worker that dies is replaced and its batch retried (Ray Data's actor restarts)."""
         if network.onnx is None:
             raise ModelError(
-                f"--ray runs the exported ONNX network, but {network.name} could not be exported "
-                "(it differs from torch); build without --ray"
+                f"--ray runs the exported ONNX network, but {network.name} has none (onnxruntime "
+                "is missing, or the export differs from torch); build without --ray"
             )
         if not records:
             return

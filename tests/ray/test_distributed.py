@@ -104,6 +104,16 @@ def test_cli_joins_a_cluster_by_its_address(
     same_answers(answers(local_index, queries), answers(index, queries))
 
 
+def test_an_address_where_nothing_answers_is_one_line(ray_gallery: Path, tmp_path: Path):
+    index = tmp_path / "index"
+    args = ["build-index", ray_gallery, "--index", index, "--model", "tiny", "--ray"]
+    r = run(*args, "127.0.0.1:1", ok=False)
+    assert r.exit_code == 1
+    (line,) = r.output.strip().splitlines()
+    assert line.startswith("retrieve: error: --ray 127.0.0.1:1: nothing answers there")
+    assert not index.exists()
+
+
 class _Started:
     """A progress factory that says when the embedding has begun."""
 
