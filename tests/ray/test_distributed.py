@@ -136,18 +136,21 @@ def test_a_worker_killed_mid_build(cluster, tmp_path: Path):
     run("build-index", old_gallery, "--index", target, "--model", "tiny")
     before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
     started, finished, killed = _Started(), threading.Event(), []
+    earlier = set(descendants_named("ray::MapWorker"))  # of earlier builds, maybe still exiting
 
     def kill_one_worker() -> None:
         started.event.wait(120)
         deadline = time.monotonic() + 60
         while not finished.is_set() and time.monotonic() < deadline:
-            pids = descendants_named("ray::MapWorker")
+            pids = [p for p in descendants_named("ray::MapWorker") if p not in earlier]
             if pids:
                 time.sleep(0.3)  # let it take a batch
-                if not finished.is_set():
+                if finished.is_set():
+                    return
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pids[0], signal.SIGKILL)
                     killed.append(pids[0])
-                return
+                    return
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_one_worker)
