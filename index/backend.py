@@ -44,26 +44,45 @@ def new_flat_index(dim: int) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
+def empty_index(layout: Layout, vectors: ArrayLike, *, seed: int = 0) -> faiss.Index:
+    """An empty index of ``layout`` for ``vectors``: an IVF index is trained on a sample of
+    them drawn with ``seed``, its ``nprobe`` the layout's."""
+    rows = as_float32_rows(vectors)
+    if layout.type == "flat":
+        return new_flat_index(rows.shape[1])
+    index = faiss.index_factory(
+        rows.shape[1], f"IVF{layout.nlist},Flat", faiss.METRIC_INNER_PRODUCT
+    )
+    n = rows.shape[0]
+    sample = np.sort(np.random.default_rng(seed).choice(n, train_size(layout, n), replace=False))
+    index.train(rows[sample])
+    index.nprobe = layout.nprobe
+    return index
+
+
 def build_index(
     layout: Layout, ids: ArrayLike, vectors: ArrayLike, *, seed: int = 0
 ) -> faiss.Index:
-    """An index of ``layout`` holding ``vectors`` under ``ids``. An IVF index is trained first
-    on a sample of them drawn with ``seed``; its ``nprobe`` is the layout's."""
-    rows = as_float32_rows(vectors)
-    if layout.type == "flat":
-        index = new_flat_index(rows.shape[1])
-    else:
-        index = faiss.index_factory(
-            rows.shape[1], f"IVF{layout.nlist},Flat", faiss.METRIC_INNER_PRODUCT
-        )
-        n = rows.shape[0]
-        sample = np.sort(
-            np.random.default_rng(seed).choice(n, train_size(layout, n), replace=False)
-        )
-        index.train(rows[sample])
-        index.nprobe = layout.nprobe
-    add_with_ids(index, rows, ids)
+    """An index of ``layout`` holding ``vectors`` under ``ids`` (see ``empty_index``)."""
+    index = empty_index(layout, vectors, seed=seed)
+    add_with_ids(index, vectors, ids)
     return index
+
+
+def to_bytes(index: faiss.Index) -> np.ndarray:
+    """An index serialised to a uint8 array (to send it to another process)."""
+    return faiss.serialize_index(index)
+
+
+def from_bytes(data: np.ndarray) -> faiss.Index:
+    """An index serialised by ``to_bytes``."""
+    return faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+
+
+def merge(into: faiss.Index, part: faiss.Index) -> None:
+    """Move the vectors of ``part`` into ``into``, an index of the same layout (for IVF, the
+    same trained lists); each list keeps ``into``'s entries first, then ``part``'s."""
+    into.merge_from(part, 0)
 
 
 def layout(index: faiss.Index) -> Layout:

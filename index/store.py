@@ -61,6 +61,10 @@ def _serialised(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+Builder = Callable[[Layout, np.ndarray, np.ndarray], Any]
+"""(layout, ids, vectors) -> a FAISS index of that layout holding them (see IndexStore.bulk)."""
+
+
 @dataclass(frozen=True)
 class Hit:
     """One neighbour of a query: score is the cosine similarity, higher is closer."""
@@ -172,6 +176,7 @@ class IndexStore:
         self._write_depth = 0
         self._bulk_depth = 0
         self._cache_behind = False
+        self._builder: Builder = backend.build_index
         self._index: Any = None
         self._generation = -1
         if new:
@@ -380,7 +385,7 @@ class IndexStore:
         self._index, self._generation = None, -1
         generation, ids, vectors = self._records().snapshot(self.dim)
         layout = choose(self._manifest.index_type, len(ids), current)
-        self._index = backend.build_index(layout, ids, vectors)
+        self._index = self._builder(layout, ids, vectors)
         self._generation = generation
         return len(ids)
 
@@ -556,11 +561,14 @@ class IndexStore:
                 self._write_depth -= 1
 
     @contextmanager
-    def bulk(self) -> Iterator[None]:
+    def bulk(self, build: Builder | None = None) -> Iterator[None]:
         """Hold the writer lock for many writes in a row and rewrite the FAISS cache once, when
         the block ends, instead of after each write (build-index fills its index this way).
         Every write is still committed when it returns; if the process dies inside the block,
-        the cache is merely stale and rebuilt from the records on the next open."""
+        the cache is merely stale and rebuilt from the records on the next open. ``build``
+        (layout, ids, vectors) -> FAISS index, if given, makes the index that the end of the
+        block builds from the records when their number calls for another layout (the Ray
+        build adds to IVF lists in parallel this way)."""
         with self.writing():
             self._bulk_depth += 1
             try:
@@ -568,7 +576,12 @@ class IndexStore:
             finally:
                 self._bulk_depth -= 1
             if not self._bulk_depth and self._cache_behind:
-                self._refit()
+                if build is not None:
+                    self._builder = build
+                try:
+                    self._refit()
+                finally:
+                    self._builder = backend.build_index
                 self._save_cache(self._index, self._generation)
                 self._cache_behind = False
 

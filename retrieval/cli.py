@@ -55,6 +55,30 @@ def _warn_skipped(skipped: list[tuple[str, str]], what: str) -> None:
         click.echo(f"warning: {len(skipped)} {what} skipped", err=True)
 
 
+def _ray_option(what: str):
+    """--ray [ADDRESS]: "" (no ADDRESS) starts Ray on this machine."""
+    return click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="",
+        default=None,
+        metavar="[ADDRESS]",
+        help=f"{what} (pip install 'retrieve[ray]'): on the cluster at ADDRESS (host:port), "
+        "or on Ray started on this machine when no ADDRESS follows.",
+    )
+
+
+def _quiet_ray() -> None:
+    """Ray's own log lines off stderr, but for errors: the command reports its progress."""
+    import logging
+
+    import ray.data  # noqa: F401  (it sets up its loggers when imported)
+
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _dataset_options(f):
     """--format, --split, --crop, --level, passed on as one ``dataset`` argument."""
     from retrieval.datasets import CROPS, FORMATS, LEVELS, SPLITS
@@ -149,6 +173,20 @@ def main() -> None:
     help="FAISS index: flat (exact), ivf (inverted lists, approximate), or auto: flat up to "
     f"{AUTO_IVF_ABOVE:,} images, then ivf.",
 )
+@_ray_option("Embed on Ray")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --ray: embedding actors (default: one per CPU of the cluster).",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Split the index into this many shards (docs/scaling.md), searched together.",
+)
 @_dataset_options
 def build_index_cmd(
     gallery: Path,
@@ -158,23 +196,37 @@ def build_index_cmd(
     batch_size: int,
     force: bool,
     index_type: str,
+    ray_address: str | None,
+    workers: int | None,
+    shards: int,
     dataset,
 ) -> None:
     """Index GALLERY: one sub-folder per label (images at any depth below it), or a benchmark
     in its official layout (CUB-200-2011, Flowers-102, Stanford Cars, FGVC-Aircraft)."""
     from retrieval import service
 
-    report = service.build_index(
-        gallery,
-        index_dir,
-        model=model,
-        weights=weights,
-        batch_size=batch_size,
-        force=force,
-        dataset=dataset,
-        index_type=index_type,
-        progress=_bar,
-    )
+    options = {
+        "model": model,
+        "weights": weights,
+        "batch_size": batch_size,
+        "force": force,
+        "dataset": dataset,
+        "index_type": index_type,
+        "shards": shards,
+        "progress": _bar,
+    }
+    if ray_address is not None:
+        from retrieval.distributed import build_index_on_ray, require_ray
+
+        require_ray()
+        _quiet_ray()
+        report = build_index_on_ray(
+            gallery, index_dir, address=ray_address, workers=workers, **options
+        )
+    elif workers is not None:
+        raise click.UsageError("--workers needs --ray")
+    else:
+        report = service.build_index(gallery, index_dir, **options)
     _warn_skipped(report.skipped, "unreadable or non-image files")
     _warn_skipped(report.duplicates, "duplicate images")
     if report.resumed:
@@ -182,9 +234,10 @@ def build_index_cmd(
             f"resumed an interrupted build: {report.resumed} images were already embedded",
             err=True,
         )
+    shards = f" in {report.shards} shards" if report.shards > 1 else ""
     click.echo(
-        f"indexed {report.added} images of {len(report.labels)} labels into {report.index} "
-        f"({report.model}, {report.dim}-d) in {report.seconds:.1f} s "
+        f"indexed {report.added} images of {len(report.labels)} labels into {report.index}"
+        f"{shards} ({report.model}, {report.dim}-d) in {report.seconds:.1f} s "
         f"({report.images_per_second:.1f} images/s)"
     )
 
@@ -230,6 +283,7 @@ def build_index_cmd(
     "image): each image, its neighbours with labels and scores, the vote, and the model's "
     "attention over the image when it has an attention module.",
 )
+@_ray_option("Search each shard in a Ray actor and merge the best k")
 def query_cmd(
     images: tuple[Path, ...],
     index_dir: Path,
@@ -240,6 +294,7 @@ def query_cmd(
     as_json: bool,
     timing: bool,
     show: Path | None,
+    ray_address: str | None,
 ) -> None:
     """Say what each IMAGE is, from its nearest gallery images. IMAGE '-' reads paths from
     stdin, one per line, and answers each as it comes."""
@@ -249,7 +304,18 @@ def query_cmd(
         from retrieval.visual import check_show_target
 
         check_show_target(show)
-    options = {"k": k, "min_score": min_score, "method": method, "model": model}
+    if ray_address is not None:
+        from retrieval.distributed import require_ray
+
+        require_ray()
+        _quiet_ray()
+    options = {
+        "k": k,
+        "min_score": min_score,
+        "method": method,
+        "model": model,
+        "ray_address": ray_address,
+    }
     if images == (Path("-"),):
         paths = (line.rstrip("\r\n") for line in sys.stdin)
         results = service.query_stream((p for p in paths if p), index_dir, **options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 
 class RetrieveError(Exception):
     """Base of every error a user can cause and fix."""
@@ -25,3 +27,14 @@ class ImageError(RetrieveError):
 
 class InputError(RetrieveError):
     """A bad argument: a missing query path, an invalid label."""
+
+
+def require_extra(module: str, *, extra: str, flag: str, what: str) -> None:
+    """InputError naming ``flag`` unless ``module``, which the optional extra ``extra`` installs,
+    can be imported."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise InputError(
+            f"{flag} needs {what}, which is not installed: pip install 'retrieve[{extra}]'"
+        ) from exc

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from index.fsutil import atomic_write_bytes
-from retrieval.errors import InputError, RetrieveError
+from retrieval.errors import InputError, require_extra
 from retrieval.evaluate import Confusion, confusions, neighbors_leave_one_out, recall_curve
 from retrieval.visual import data_uri, html_page, jpeg_uri, load_thumbnail, writable_folder
 
@@ -37,13 +37,8 @@ img.chart { max-width: 100%; }
 
 
 def require_matplotlib(flag: str = "--report") -> None:
-    """Raise RetrieveError with what to install when matplotlib (the report extra) is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise RetrieveError(
-            f"{flag} needs matplotlib: pip install 'retrieve[report]' ({exc})"
-        ) from exc
+    """InputError with what to install when matplotlib (the report extra) is missing."""
+    require_extra("matplotlib", extra="report", flag=flag, what="matplotlib")
 
 
 def check_report_dir(folder: Path, flag: str = "--report") -> None:

@@ -8,10 +8,11 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -21,11 +22,11 @@ from index.errors import IndexExistsError, IndexFormatError, IndexLockedError, I
 from index.fsutil import aside_name, atomic_write_bytes, exchange
 from index.lock import LOCK_FILE, writer_lock
 from index.manifest import read_manifest
-from index.store import MANIFEST
+from index.store import MANIFEST, Builder, Hit
 from retrieval.classify import Neighbor, Prediction, vote
 from retrieval.data import Record, collect_images, validate_label
 from retrieval.datasets import DatasetOptions
-from retrieval.embed import Embedder
+from retrieval.embed import Embedder, EmbedResult
 from retrieval.errors import InputError, ModelError, ModelMismatchError, RetrieveError
 from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
 from retrieval.images import load_rgb, sha256_file
@@ -36,6 +37,19 @@ from retrieval.runtime import (
     index_embedder,
     onnx_entry,
     read_index_onnx,
+)
+from retrieval.shards import (
+    LocalShards,
+    ShardSearch,
+    deal,
+    find_content,
+    is_sharded,
+    label_counts,
+    own_neighbors,
+    shard_dirs,
+    shard_name,
+    smallest,
+    write_shards,
 )
 from retrieval.visual import AttentionMap
 
@@ -61,6 +75,7 @@ class BuildReport:
     duplicates: list[tuple[str, str]]
     seconds: float
     resumed: int = 0
+    shards: int = 1
 
     @property
     def images_per_second(self) -> float:
@@ -108,9 +123,10 @@ class Info:
     fingerprint: str
     index_type: str
     layout: dict[str, Any]
+    shards: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "count": self.count,
             "labels": self.labels,
             "model": self.model,
@@ -119,6 +135,9 @@ class Info:
             "index_type": self.index_type,
             "faiss": self.layout,
         }
+        if self.shards > 1:
+            out["shards"] = self.shards
+        return out
 
 
 def _hash_records(records: Sequence[Record]) -> list[str]:
@@ -152,6 +171,47 @@ class _Embedded:
     duplicates: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _commit_parts(
+    store: IndexStore,
+    records: Sequence[Record],
+    shas: Sequence[str],
+    parts: Iterable[EmbedResult],
+) -> _Embedded:
+    """Commit embedded ``parts`` (their ``ok`` indexes ``records``) one transaction each under
+    the writer lock. Content another writer committed meanwhile is then skipped as a
+    duplicate, so an image never lands twice. Killed midway, the index holds the readable
+    images of the parts committed so far and nothing of the others."""
+    out = _Embedded()
+    for part in parts:
+        out.failures.extend(part.failures)
+        with store.writing():
+            present = store.find_sha256([shas[i] for i in part.ok])
+            rows = [row for row, i in enumerate(part.ok) if shas[i] not in present]
+            new = [part.ok[row] for row in rows]
+            store.add(
+                part.vectors[rows],
+                [records[i].label for i in new],
+                [str(Path(records[i].path).resolve()) for i in new],
+                [shas[i] for i in new],
+            )
+        out.added.extend(str(records[i].path) for i in new)
+        out.duplicates.extend(
+            (str(records[i].path), f"already indexed as {item.path} ({item.label})")
+            for i in part.ok
+            if (item := present.get(shas[i])) is not None
+        )
+    return out
+
+
+def local_parts(
+    embedder: Embedder, records: Sequence[Record], progress: Callable[[int], None]
+) -> Iterator[EmbedResult]:
+    """``records`` embedded in this process, a chunk of CHUNK images at a time."""
+    return embedder.iter_paths(
+        [r.path for r in records], boxes=[r.box for r in records], chunk=CHUNK, progress=progress
+    )
+
+
 def _embed_into(
     store: IndexStore,
     embedder: Embedder,
@@ -160,35 +220,10 @@ def _embed_into(
     progress: ProgressFactory,
     desc: str,
 ) -> _Embedded:
-    """Embed ``records`` in order and commit them a chunk of CHUNK images at a time, each chunk
-    one transaction under the writer lock. Content another writer committed meanwhile is then
-    skipped as a duplicate, so an image never lands twice. Killed midway, the index holds the
-    readable images of the first whole chunks and nothing of the others."""
-    paths = [r.path for r in records]
-    out = _Embedded()
-    with progress(len(paths), desc) as bar:
-        parts = embedder.iter_paths(
-            paths, boxes=[r.box for r in records], chunk=CHUNK, progress=bar.update
-        )
-        for part in parts:
-            out.failures.extend(part.failures)
-            with store.writing():
-                present = store.find_sha256([shas[i] for i in part.ok])
-                rows = [row for row, i in enumerate(part.ok) if shas[i] not in present]
-                new = [part.ok[row] for row in rows]
-                store.add(
-                    part.vectors[rows],
-                    [records[i].label for i in new],
-                    [str(Path(records[i].path).resolve()) for i in new],
-                    [shas[i] for i in new],
-                )
-            out.added.extend(str(paths[i]) for i in new)
-            out.duplicates.extend(
-                (str(paths[i]), f"already indexed as {item.path} ({item.label})")
-                for i in part.ok
-                if (item := present.get(shas[i])) is not None
-            )
-    return out
+    """Embed ``records`` in order and commit them a chunk of CHUNK images at a time (see
+    _commit_parts)."""
+    with progress(len(records), desc) as bar:
+        return _commit_parts(store, records, shas, local_parts(embedder, records, bar.update))
 
 
 def staging_dir(index_dir: str | Path) -> Path:
@@ -266,6 +301,105 @@ def _resume(
     return todo, len(records) - len(todo)
 
 
+@dataclass
+class Network:
+    """The network a build embeds with: its name, an Embedder in this process, the manifest's
+    model entry, and the exported ONNX model (None when it runs in torch)."""
+
+    name: str
+    embedder: Embedder
+    entry: dict[str, Any]
+    onnx: bytes | None
+
+
+class Embedding(Protocol):
+    """Where build-index embeds: in this process (LOCAL) or on a Ray cluster
+    (retrieval.distributed.RayEmbedding)."""
+
+    build: Builder | None
+    """Makes the FAISS index from the records at the end of the build (None: in this process)."""
+
+    def parts(
+        self, network: Network, records: Sequence[Record], progress: Callable[[int], None]
+    ) -> Iterator[EmbedResult]:
+        """``records`` embedded, in order, a chunk at a time; ``ok`` indexes ``records``."""
+        ...
+
+
+class _LocalEmbedding:
+    build: Builder | None = None
+
+    def parts(
+        self, network: Network, records: Sequence[Record], progress: Callable[[int], None]
+    ) -> Iterator[EmbedResult]:
+        return local_parts(network.embedder, records, progress)
+
+
+LOCAL: Embedding = _LocalEmbedding()
+
+
+def _network(model: str, weights: str | None, sample: Sequence[Record], batch_size: int) -> Network:
+    """The model loaded, exported to ONNX and checked against torch on images of ``sample``."""
+    from retrieval.export import fast_embedder
+    from retrieval.model import load_model
+
+    loaded = load_model(model, weights=weights)
+    embedder, onnx = fast_embedder(loaded, sample, batch_size=batch_size)
+    entry = loaded.describe()
+    if onnx is not None:
+        entry["onnx"] = onnx_entry(onnx)
+    return Network(loaded.name, embedder, entry, onnx)
+
+
+@dataclass
+class _Filled:
+    embedded: _Embedded
+    labels: dict[str, int]
+    total: int
+    resumed: int
+
+
+def _fill(
+    folder: Path,
+    records: Sequence[Record],
+    shas: Sequence[str],
+    network: Network,
+    index_type: str,
+    embedding: Embedding,
+    progress: ProgressFactory,
+) -> _Filled:
+    """Make the staging index in ``folder`` hold ``records``: what it holds of them from an
+    interrupted build is kept (if begun with the same model and type), the rest embedded and
+    committed a chunk at a time; the FAISS file is written once, at the end."""
+    store, resuming = _open_staging(folder, network.entry, index_type)
+    if network.onnx is not None:
+        atomic_write_bytes(folder / ONNX_FILE, network.onnx)
+    with store, store.bulk(embedding.build):
+        todo, resumed = _resume(store, records, shas) if resuming else (range(len(records)), 0)
+        todo_records = [records[i] for i in todo]
+        todo_shas = [shas[i] for i in todo]
+        with progress(len(todo_records), "embedding") as bar:
+            parts = embedding.parts(network, todo_records, bar.update)
+            embedded = _commit_parts(store, todo_records, todo_shas, parts)
+        return _Filled(embedded, store.label_counts(), len(store), resumed)
+
+
+def _reset_staging(staging: Path, shards: int) -> None:
+    """Empty a staging folder that an interrupted build began with another number of shards
+    (nothing in it would be resumed), then mark a sharded one with its shards.json."""
+    names = sorted(e.name for e in staging.iterdir() if e.is_dir())
+    wanted = [] if shards == 1 else [shard_name(i) for i in range(shards)]
+    begun_sharded = is_sharded(staging) or bool(names)
+    if begun_sharded != bool(wanted) or (wanted and names and names != wanted):
+        for entry in staging.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.name != LOCK_FILE:
+                entry.unlink()
+    if wanted:
+        write_shards(staging, shards)
+
+
 def build_index(
     gallery: str | Path,
     index_dir: str | Path,
@@ -276,12 +410,16 @@ def build_index(
     force: bool = False,
     dataset: DatasetOptions | None = None,
     index_type: str = "auto",
+    shards: int = 1,
+    embedding: Embedding = LOCAL,
     progress: ProgressFactory = no_progress,
 ) -> BuildReport:
     """Embed every image of a gallery into a new index at ``index_dir``: a folder with one
     sub-folder per label, or a benchmark in its official layout read with ``dataset``'s options
     (format, split, bounding-box crop, label level). ``index_type`` is "auto" (exact search up to
-    index.AUTO_IVF_ABOVE vectors, then IVF), "flat" or "ivf".
+    index.AUTO_IVF_ABOVE vectors, then IVF), "flat" or "ivf". With ``shards`` > 1 the index is a
+    sharded one (retrieval/shards.py): the images dealt round-robin to that many ordinary index
+    folders. ``embedding`` says where the images are embedded (this process, or a Ray cluster).
 
     The index is built in ``staging_dir(index_dir)`` under that folder's writer lock, committed
     a chunk of CHUNK images at a time, and swapped into place in one atomic step only when
@@ -290,20 +428,15 @@ def build_index(
     embedded again (anything else in it is dropped); begun with another model, it starts over.
     """
     target = Path(index_dir)
-    if IndexStore.is_index(target):
+    if shards < 1:
+        raise InputError(f"--shards must be at least 1, not {shards}")
+    if IndexStore.is_index(target) or is_sharded(target):
         if not force:
             raise IndexExistsError(f"{target} already holds an index; pass --force to replace it")
     elif target.exists() and (not target.is_dir() or _holds_files(target)):
         raise IndexExistsError(f"{target} exists and is not an index; choose another --index")
     scan = (dataset or DatasetOptions()).scan(gallery)
-    from retrieval.export import fast_embedder
-    from retrieval.model import load_model
-
-    loaded = load_model(model, weights=weights)
-    embedder, onnx = fast_embedder(loaded, scan.records, batch_size=batch_size)
-    entry = loaded.describe()
-    if onnx is not None:
-        entry["onnx"] = onnx_entry(onnx)
+    network = _network(model, weights, scan.records, batch_size)
     start = time.perf_counter()
     shas = _hash_records(scan.records)
     keep, dupes = _dedupe(scan.records, shas, {})
@@ -320,37 +453,41 @@ def build_index(
             f"another build-index into {target} is running{lock.holder()}; wait for it to end"
         )
     try:
-        store, resuming = _open_staging(staging, entry, index_type)
-        if onnx is not None:
-            atomic_write_bytes(staging / ONNX_FILE, onnx)
-        with store, store.bulk():
-            todo, resumed = _resume(store, records, shas) if resuming else (range(len(records)), 0)
-            embedded = _embed_into(
-                store,
-                embedder,
-                [records[i] for i in todo],
-                [shas[i] for i in todo],
+        _reset_staging(staging, shards)
+        folders = [staging] if shards == 1 else [staging / shard_name(i) for i in range(shards)]
+        filled = [
+            _fill(
+                folder,
+                [records[i] for i in part],
+                [shas[i] for i in part],
+                network,
+                index_type,
+                embedding,
                 progress,
-                "embedding",
             )
-            labels = store.label_counts()
-            total = len(store)
+            for folder, part in zip(folders, deal(len(records), shards), strict=True)
+        ]
+        total = sum(f.total for f in filled)
         if total == 0:
             shutil.rmtree(staging)
             raise InputError(f"no image in {gallery} could be read; nothing indexed")
         _swap_into_place(staging, target)
     finally:
         lock.release()
+    labels: Counter[str] = Counter()
+    for f in filled:
+        labels.update(f.labels)
     return BuildReport(
         index=target,
-        model=loaded.name,
-        dim=embedder.dim,
+        model=network.name,
+        dim=network.embedder.dim,
         added=total,
-        labels=labels,
-        skipped=scan.skipped + embedded.failures,
-        duplicates=dupes + embedded.duplicates,
+        labels=dict(sorted(labels.items())),
+        skipped=scan.skipped + [x for f in filled for x in f.embedded.failures],
+        duplicates=dupes + [x for f in filled for x in f.embedded.duplicates],
         seconds=time.perf_counter() - start,
-        resumed=resumed,
+        resumed=sum(f.resumed for f in filled),
+        shards=shards,
     )
 
 
@@ -363,7 +500,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         except OSError as exc:
             raise IndexExistsError(f"cannot move the new index into {target}: {exc}") from exc
         return
-    if IndexStore.is_index(target):
+    if IndexStore.is_index(target) or is_sharded(target):
         with writer_lock(target).held():
             exchange(staging, target)
     else:
@@ -371,8 +508,21 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     shutil.rmtree(staging)
 
 
+@dataclass(frozen=True)
+class IndexModel:
+    """An index folder and its manifest's model entry: what model_for and embedder_for read of
+    an index, without loading its vectors."""
+
+    path: Path
+    model: dict[str, Any]
+
+    @classmethod
+    def read(cls, folder: str | Path) -> IndexModel:
+        return cls(Path(folder), read_manifest(Path(folder) / MANIFEST).model)
+
+
 def model_for(
-    store: IndexStore, model: str | None = None, weights: str | None = None
+    store: IndexStore | IndexModel, model: str | None = None, weights: str | None = None
 ) -> LoadedModel:
     """The model an index was built with, re-created and checked against its fingerprint.
 
@@ -406,7 +556,9 @@ def model_for(
     return loaded
 
 
-def embedder_for(store: IndexStore, model: str | None = None, *, batch_size: int = 32) -> Embedder:
+def embedder_for(
+    store: IndexStore | IndexModel, model: str | None = None, *, batch_size: int = 32
+) -> Embedder:
     """The Embedder of an index: its own exported network on ONNX Runtime when it has one (no
     torch is imported), else its model re-created in torch and checked by fingerprint (see
     model_for); with ``model``, that model, refused unless it is the index's network."""
@@ -423,6 +575,7 @@ def query(
     min_score: float = 0.0,
     method: str = "weighted",
     model: str | None = None,
+    ray_address: str | None = None,
     progress: ProgressFactory = no_progress,
 ) -> list[QueryResult]:
     """Classify each image by a k-NN vote over the index (see query_stream); every path is
@@ -433,11 +586,22 @@ def query(
     with progress(len(images), "querying") as bar:
         out = []
         for result in query_stream(
-            images, index_dir, k=k, min_score=min_score, method=method, model=model
+            images,
+            index_dir,
+            k=k,
+            min_score=min_score,
+            method=method,
+            model=model,
+            ray_address=ray_address,
         ):
             out.append(result)
             bar.update(1)
     return out
+
+
+def index_dirs(index_dir: str | Path) -> list[Path]:
+    """The index folders of an index: its shards' if it is sharded, else itself."""
+    return shard_dirs(index_dir) if is_sharded(index_dir) else [Path(index_dir)]
 
 
 def query_stream(
@@ -448,19 +612,41 @@ def query_stream(
     min_score: float = 0.0,
     method: str = "weighted",
     model: str | None = None,
+    ray_address: str | None = None,
 ) -> Iterator[QueryResult]:
     """Classify images one at a time as they come (e.g. paths read from a pipe), each by a k-NN
     vote over the index; ``seconds`` of a result is its own time (decode, embed, search, vote).
     The index and its network are opened once. A gallery item with the same content as the
-    query is left out of its neighbours (a photo does not vote for itself)."""
+    query is left out of its neighbours (a photo does not vote for itself).
+
+    A sharded index is searched shard by shard and the best k merged: in this process, or,
+    with ``ray_address`` ("" starts Ray here), by one Ray actor per shard
+    (retrieval/shard_actors.py)."""
     if k < 1:
         raise InputError(f"-k must be at least 1, not {k}")
-    with IndexStore.open(index_dir) as store:
-        embedder = embedder_for(store, model, batch_size=1)
+    dirs = index_dirs(index_dir)
+    if ray_address is None:
+        searcher: ShardSearch = LocalShards(dirs)
+    else:
+        from retrieval.shard_actors import RayShards
+
+        searcher = RayShards(dirs, ray_address)
+    with searcher:
+        local = isinstance(searcher, LocalShards)
+        source = searcher.stores[0] if local else IndexModel.read(dirs[0])
+        embedder = embedder_for(source, model, batch_size=1)
         for img in images:
             if not Path(img).is_file():
                 raise InputError(f"query image {img} does not exist")
-            yield answer(store, embedder, img, k=k, min_score=min_score, method=method)
+            yield _answer(
+                searcher.neighbors,
+                embedder,
+                img,
+                k=k,
+                min_score=min_score,
+                method=method,
+                ids=len(dirs) == 1,
+            )
 
 
 def answer(
@@ -477,18 +663,35 @@ def answer(
     what the result and an error call the image (default: its path). A gallery item with the
     same content as the image is left out of its neighbours (a photo does not vote for
     itself). ``seconds`` of the result is its own time (decode, embed, search, vote)."""
+
+    def search(vector: np.ndarray, sha: str, k: int) -> list[Hit]:
+        return own_neighbors(store, vector, sha, k)
+
+    return _answer(search, embedder, image, name=name, k=k, min_score=min_score, method=method)
+
+
+def _answer(
+    search: Callable[[np.ndarray, str, int], list[Hit]],
+    embedder: Embedder,
+    image: str | Path,
+    *,
+    name: str | None = None,
+    k: int,
+    min_score: float,
+    method: str,
+    ids: bool = True,
+) -> QueryResult:
+    """See answer; ``search`` (vector, sha256, k) -> the k nearest items other than the image's
+    own content. Without ``ids`` (a sharded index, whose shards number their items apart) the
+    neighbours carry no id."""
     start = time.perf_counter()
     name = str(image) if name is None else name
     result = embedder.embed_paths([image])
     if result.failures:
         raise InputError(result.failures[0][1].replace(str(image), name))
-    sha = sha256_file(image)
-    same = store.find_sha256([sha]).get(sha)
-    (row,) = store.search(result.vectors, k + (same is not None))
-    neighbors = [
-        Neighbor(h.path, h.label, h.score, h.id) for h in row if same is None or h.id != same.id
-    ]
-    prediction = vote(neighbors[:k], k=k, method=method, min_score=min_score)
+    hits = search(result.vectors, sha256_file(image), k)
+    neighbors = [Neighbor(h.path, h.label, h.score, h.id if ids else None) for h in hits]
+    prediction = vote(neighbors, k=k, method=method, min_score=min_score)
     return QueryResult(name, prediction, time.perf_counter() - start)
 
 
@@ -498,7 +701,7 @@ def attention_maps(
     """The spatial attention of the index's model over each image (the part of it the network
     sees), or None when the model has no attention module. Only a model with attention is
     re-created in torch (see model_for): the exported network does not expose its attention."""
-    with IndexStore.open(index_dir) as store:
+    with IndexStore.open(index_dirs(index_dir)[0]) as store:
         spec = store.model.get("spec")
         if not (isinstance(spec, dict) and spec.get("attention")):
             return None
@@ -529,14 +732,24 @@ def enroll(
 
     The images are committed a chunk of CHUNK at a time (in the order ``collect_images`` gives
     them): if the command is killed, the index holds the readable images of its first whole
-    chunks, and running it again adds the rest (the others are then already indexed).
+    chunks, and running it again adds the rest (the others are then already indexed). In a
+    sharded index they go to the shard that holds the fewest items; content any shard holds
+    is skipped.
     """
     validate_label(label)
-    with IndexStore.open(index_dir) as store:
+    dirs = index_dirs(index_dir)
+    folder = smallest(dirs) if len(dirs) > 1 else dirs[0]
+    with IndexStore.open(folder) as store:
         scan = collect_images(list(inputs))
         embedder = embedder_for(store, model, batch_size=batch_size)
         return enroll_into(
-            store, embedder, label, [r.path for r in scan.records], scan.skipped, progress
+            store,
+            embedder,
+            label,
+            [r.path for r in scan.records],
+            scan.skipped,
+            progress,
+            elsewhere=[d for d in dirs if d != folder],
         )
 
 
@@ -547,15 +760,19 @@ def enroll_into(
     paths: Sequence[str | Path],
     skipped: Sequence[tuple[str, str]] = (),
     progress: ProgressFactory = no_progress,
+    *,
+    elsewhere: Sequence[Path] = (),
 ) -> EnrollReport:
     """Add image files under ``label`` to an open index with its embedder (see enroll);
-    ``skipped`` are inputs already set aside, reported with those that cannot be decoded.
+    ``skipped`` are inputs already set aside, reported with those that cannot be decoded;
+    content that the index folders ``elsewhere`` (the other shards) hold is skipped too.
     InputError, nothing added, if none of ``paths`` can be read."""
     validate_label(label)
     records = [Record(Path(p), label) for p in paths]
     shas = _hash_records(records)
     with store.writing():  # a writer, even with nothing to add: leftovers of killed ones go
-        known = store.find_sha256(shas)
+        known = find_content(elsewhere, shas)
+        known.update(store.find_sha256(shas))
     keep, dupes = _dedupe(records, shas, known)
     embedded = _Embedded()
     if keep:
@@ -569,19 +786,26 @@ def enroll_into(
         )
         if not embedded.added and not embedded.duplicates:
             raise InputError(f"none of the images for {label!r} could be read; nothing enrolled")
+    counts = label_counts([store.path, *elsewhere]) if elsewhere else store.label_counts()
     return EnrollReport(
         label,
         embedded.added,
         dupes + embedded.duplicates,
         [*skipped, *embedded.failures],
-        store.label_counts().get(label, 0),
+        counts.get(label, 0),
     )
 
 
 def remove(index_dir: str | Path, *, label: str | None = None, path: str | None = None) -> int:
-    """Remove every item of ``label``, or the item(s) at ``path``; returns how many went."""
-    with IndexStore.open(index_dir) as store:
-        return len(remove_from(store, label=label, path=path))
+    """Remove every item of ``label``, or the item(s) at ``path`` (from every shard of a
+    sharded index); returns how many went."""
+    n = 0
+    for folder in index_dirs(index_dir):
+        with IndexStore.open(folder) as store:
+            n += len(_remove_from(store, label=label, path=path))
+    if n == 0:
+        raise _nothing_removed(label, path, index_dir)
+    return n
 
 
 def remove_from(
@@ -589,29 +813,41 @@ def remove_from(
 ) -> list[Item]:
     """Remove every item of ``label``, or the item(s) at ``path`` (as given, or resolved), from
     an open index; returns the items removed. InputError, nothing removed, if there are none."""
+    gone = _remove_from(store, label=label, path=path)
+    if not gone:
+        raise _nothing_removed(label, path, store.path)
+    return gone
+
+
+def _nothing_removed(label: str | None, path: str | None, where: str | Path) -> InputError:
+    what = f"items with label {label!r}" if label is not None else f"item with path {path}"
+    return InputError(f"no {what} in {where}")
+
+
+def _remove_from(
+    store: IndexStore, *, label: str | None = None, path: str | None = None
+) -> list[Item]:
     if (label is None) == (path is None):
         raise InputError("give exactly one of --label or --path")
     with store.writing():
+        items = store.items()
         if label is not None:
-            gone = [item for item in store.items() if item.label == label]
-            if not gone:
-                raise InputError(f"no items with label {label!r} in {store.path}")
+            gone = [item for item in items if item.label == label]
         else:
-            assert path is not None
             resolved = str(Path(path).resolve())
-            items = store.items()
             gone = [i for i in items if i.path == resolved] or [i for i in items if i.path == path]
-            if not gone:
-                raise InputError(f"no item with path {path} in {store.path}")
         store.remove_ids([item.id for item in gone])
     return gone
 
 
 def info(index_dir: str | Path) -> Info:
-    with IndexStore.open(index_dir) as store:
+    """What an index holds; for a sharded one, summed over its shards (the model and FAISS
+    layout are those of its first shard)."""
+    dirs = index_dirs(index_dir)
+    with IndexStore.open(dirs[0]) as store:
         m = store.manifest
-        return Info(
-            index=store.path,
+        first = Info(
+            index=Path(index_dir),
             count=len(store),
             labels=store.label_counts(),
             model=m.model.get("name", "?"),
@@ -621,6 +857,11 @@ def info(index_dir: str | Path) -> Info:
             index_type=m.index_type,
             layout=store.layout.to_json(),
         )
+    if len(dirs) > 1:
+        first.labels = label_counts(dirs)
+        first.count = sum(first.labels.values())
+        first.shards = len(dirs)
+    return first
 
 
 def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
@@ -629,8 +870,11 @@ def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
     the records, remove the temp files of interrupted writes and the stray folders of
     interrupted builds (under the writer lock), then check again. Damaged records or manifest
     are reported, never repaired: they are the truth the rest is derived from; a resumable
-    build's staging folder is kept."""
+    build's staging folder is kept. A sharded index is checked (and repaired) shard by shard,
+    each shard's lines prefixed with its folder's name."""
     target = Path(index_dir)
+    if is_sharded(target):
+        return _check_shards(target, repair)
     report = check_index(target)
     report.notes.extend(_build_notes(target))
     report.problems.extend(_network_problems(target))
@@ -650,6 +894,25 @@ def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
     report.notes.extend(_build_notes(target))
     report.problems.extend(_network_problems(target))
     report.repaired = done
+    return report
+
+
+def _check_shards(target: Path, repair: bool) -> CheckReport:
+    report = CheckReport(target)
+    dirs = shard_dirs(target)
+    for folder in dirs:
+        part = check(folder, repair=repair)
+        report.items += part.items
+        report.source_ok = report.source_ok and part.source_ok
+        for mine, theirs in (
+            (report.problems, part.problems),
+            (report.notes, part.notes),
+            (report.repaired, part.repaired),
+        ):
+            mine.extend(f"{folder.name}: {line}" for line in theirs)
+    if not report.problems:
+        report.labels = len(label_counts(dirs))
+    report.notes.extend(_build_notes(target))
     return report
 
 

@@ -144,5 +144,8 @@ def test_report_without_matplotlib_says_what_to_install(
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
     r = run("evaluate", gallery, "--model", "tiny", "--report", tmp_path / "r", ok=False)
     assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1
-    assert "--report needs matplotlib: pip install 'retrieve[report]'" in r.stderr
+    assert (
+        "--report needs matplotlib, which is not installed: pip install 'retrieve[report]'"
+        in r.stderr
+    )
     assert not (tmp_path / "r").exists()

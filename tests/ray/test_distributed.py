@@ -1,0 +1,218 @@
+"""build-index --ray on a real two-node Ray cluster: the same answers as the single-machine
+build (flat: identical; IVF: recall@10 >= 0.99), IVF lists filled in parallel, joining a
+cluster by its address, a worker killed mid-build, and the install without Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import IndexStore, Layout, backend
+from retrieval.distributed import RayEmbedding, build_index_on_ray
+from retrieval.errors import RetrieveError
+from retrieval.shards import shard_dirs
+
+from ..reliability.conftest import COMMAND_ENV, REPO, record, retrieve_exe, write_gallery
+from .conftest import answers, descendants_named, gallery_queries, run, same_answers
+
+pytestmark = pytest.mark.slow
+
+
+def items(index: Path) -> list[tuple[int, str, str, str]]:
+    with IndexStore.open(index) as store:
+        return [(i.id, i.label, i.path, i.sha256) for i in store.items()]
+
+
+def test_flat_build_on_ray_gives_the_local_answers(
+    cluster, ray_gallery: Path, local_index: Path, tmp_path: Path
+):
+    index = tmp_path / "ray"
+    out = run(
+        "build-index", ray_gallery, "--index", index, "--model", "tiny", "--ray", "--workers", 2
+    ).stdout
+    assert f"indexed 72 images of 6 labels into {index} (tiny, 64-d)" in out
+    queries = gallery_queries(ray_gallery, 8)
+    same_answers(answers(local_index, queries), answers(index, queries))
+    # Committed in the gallery's order: the same ids, records and network as the local build.
+    assert items(index) == items(local_index)
+    assert (index / "model.onnx").read_bytes() == (local_index / "model.onnx").read_bytes()
+    assert "index OK: 72 items, 6 labels" in run("check", "--index", index).stdout
+
+
+def test_ivf_build_on_ray_keeps_recall_against_flat(cluster, tmp_path: Path):
+    gallery = write_gallery(tmp_path / "gallery", 10, 30)
+    flat, ivf = tmp_path / "flat", tmp_path / "ivf"
+    run("build-index", gallery, "--index", flat, "--model", "tiny", "--index-type", "flat")
+    run("build-index", gallery, "--index", ivf, "--model", "tiny", "--index-type", "ivf", "--ray")
+    info = json.loads(run("info", "--index", ivf, "--json").stdout)
+    assert info["count"] == 300 and info["faiss"]["type"] == "ivf"
+    queries = gallery_queries(gallery, 30)
+    exact, approx = answers(flat, queries), answers(ivf, queries)
+    found = [
+        len({n["path"] for n in a["neighbors"]} & {n["path"] for n in e["neighbors"]})
+        for a, e in zip(approx, exact, strict=True)
+    ]
+    assert sum(found) / (10 * len(queries)) >= 0.99
+    assert "index OK: 300 items" in run("check", "--index", ivf).stdout
+
+
+def test_ivf_lists_filled_in_parallel_equal_one_add(cluster):
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(3000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 5
+    layout = Layout("ivf", 32, 4)
+    one = backend.build_index(layout, ids, vectors)
+    parallel = RayEmbedding(workers=2).build(layout, ids, vectors)
+    assert backend.layout(parallel) == layout
+    for a, b in zip(backend.contents(one), backend.contents(parallel), strict=True):
+        np.testing.assert_array_equal(a, b)
+    queries = vectors[:50] + rng.normal(scale=0.1, size=(50, 32)).astype(np.float32)
+    expected, got = backend.search(one, queries, 10), backend.search(parallel, queries, 10)
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cli_joins_a_cluster_by_its_address(
+    cluster, ray_gallery: Path, local_index: Path, tmp_path: Path
+):
+    index = tmp_path / "joined"
+    done = subprocess.run(
+        [retrieve_exe(), "build-index", ray_gallery, "--index", index, "--model", "tiny"]
+        + ["--shards", "2", "--ray", cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=COMMAND_ENV,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "indexed 72 images of 6 labels" in done.stdout and "in 2 shards" in done.stdout
+    assert [len(items(d)) for d in shard_dirs(index)] == [36, 36]
+    queries = gallery_queries(ray_gallery, 6)
+    same_answers(answers(local_index, queries), answers(index, queries))
+
+
+def test_an_address_where_nothing_answers_is_one_line(ray_gallery: Path, tmp_path: Path):
+    index = tmp_path / "index"
+    args = ["build-index", ray_gallery, "--index", index, "--model", "tiny", "--ray"]
+    r = run(*args, "127.0.0.1:1", ok=False)
+    assert r.exit_code == 1
+    (line,) = r.output.strip().splitlines()
+    assert line.startswith("retrieve: error: --ray 127.0.0.1:1: nothing answers there")
+    assert not index.exists()
+
+
+class _Started:
+    """A progress factory that says when the embedding has begun."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    @contextlib.contextmanager
+    def __call__(self, total: int, desc: str) -> Iterator[object]:
+        self.event.set()
+        yield self
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def test_a_worker_killed_mid_build(cluster, tmp_path: Path):
+    gallery = write_gallery(tmp_path / "gallery", 6, 100)
+    old_gallery = write_gallery(tmp_path / "old", 2, 3, seed=99)
+    target = tmp_path / "index"
+    run("build-index", old_gallery, "--index", target, "--model", "tiny")
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    started, finished, killed = _Started(), threading.Event(), []
+    earlier = set(descendants_named("ray::MapWorker"))  # of earlier builds, maybe still exiting
+
+    def kill_one_worker() -> None:
+        started.event.wait(120)
+        deadline = time.monotonic() + 60
+        while not finished.is_set() and time.monotonic() < deadline:
+            pids = [p for p in descendants_named("ray::MapWorker") if p not in earlier]
+            if pids:
+                time.sleep(0.3)  # let it take a batch
+                if finished.is_set():
+                    return
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    try:
+        report = build_index_on_ray(
+            gallery,
+            target,
+            workers=2,
+            model="tiny",
+            batch_size=4,
+            force=True,
+            progress=started,
+        )
+    except RetrieveError as exc:  # a clear one-line failure, and the old index as it was
+        assert "\n" not in str(exc)
+        assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
+        outcome = "failed"
+    else:  # Ray replaced the worker and retried its batches: the whole gallery, once each
+        assert report.added == 600
+        stored = items(target)
+        assert len(stored) == 600 and len({sha for *_, sha in stored}) == 600
+        outcome = "completed"
+    finally:
+        finished.set()
+        killer.join()
+    assert killed, "no embedding worker was found to kill while the build ran"
+    assert "index OK" in run("check", "--index", target).stdout, outcome
+    record("SIGKILL of a Ray embedding actor during build-index --ray", outcome=outcome)
+
+
+NO_RAY = """
+    import sys
+    sys.modules["ray"] = None  # as if Ray were not installed
+    from click.testing import CliRunner
+    from retrieval.cli import main
+    gallery, index = sys.argv[1:3]
+    for args in (
+        ["build-index", gallery, "--index", index, "--model", "tiny", "--ray"],
+        ["build-index", gallery, "--index", index, "--model", "tiny"],
+        ["query", gallery + "/label00/0000.png", "--index", index, "--ray"],
+        ["query", gallery + "/label00/0000.png", "--index", index],
+    ):
+        r = CliRunner().invoke(main, args)
+        print(r.exit_code, r.output.strip().splitlines()[0])
+"""
+
+
+def test_without_the_extra_ray_is_never_imported(tmp_path: Path):
+    gallery = write_gallery(tmp_path / "gallery", 2, 3)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(NO_RAY), gallery, tmp_path / "index"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=COMMAND_ENV,
+    )
+    assert done.returncode == 0, done.stderr
+    needs = "needs Ray, which is not installed: pip install 'retrieve[ray]'"
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"1 retrieve: error: --ray {needs}"
+    assert lines[1].startswith("0 indexed 6 images of 2 labels")
+    assert lines[2] == f"1 retrieve: error: --ray {needs}"
+    assert lines[3].startswith(f"0 {gallery}/label00/0000.png: label0")
