@@ -203,7 +203,7 @@ def build_index_cmd(
 ) -> None:
     """Index GALLERY: one sub-folder per label (images at any depth below it), or a benchmark
     in its official layout (CUB-200-2011, Flowers-102, Stanford Cars, FGVC-Aircraft)."""
-    from retrieval import service
+    from retrieval.build import build_index
 
     options = {
         "model": model,
@@ -226,7 +226,7 @@ def build_index_cmd(
     elif workers is not None:
         raise click.UsageError("--workers needs --ray")
     else:
-        report = service.build_index(gallery, index_dir, **options)
+        report = build_index(gallery, index_dir, **options)
     _warn_skipped(report.skipped, "unreadable or non-image files")
     _warn_skipped(report.duplicates, "duplicate images")
     if report.resumed:

@@ -1,6 +1,6 @@
 """build-index on a Ray cluster: images embedded by Ray Data ``map_batches`` on a pool of actors
 that each load the exported ONNX network once, and IVF lists filled in parallel Ray tasks. The
-rest (scan, dedupe, export, staging, resume, swap) is service.build_index's.
+rest (scan, dedupe, export, staging, resume, swap) is retrieval.build.build_index's.
 
 Ray is an optional extra: it is imported only here, inside the functions that use it (and in
 retrieval/shard_actors.py)."""
@@ -19,12 +19,13 @@ import numpy as np
 
 from index import backend
 from index.plan import Layout
+from retrieval.build import BuildReport, Network, build_index
 from retrieval.config import Preprocess
 from retrieval.data import Record
 from retrieval.embed import Embedder, EmbedResult
 from retrieval.errors import InputError, ModelError, RetrieveError, require_extra
+from retrieval.ingest import CHUNK
 from retrieval.runtime import OnnxForward
-from retrieval.service import CHUNK, BuildReport, Network, build_index
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def _add_part(blob: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> np.ndar
 
 @dataclass
 class RayEmbedding:
-    """service.Embedding on the connected Ray cluster: ``workers`` embedding actors (None: one
+    """build.Embedding on the connected Ray cluster: ``workers`` embedding actors (None: one
     per CPU of the cluster), each of one CPU; IVF lists filled by ``workers`` tasks."""
 
     workers: int | None = None
@@ -231,7 +232,7 @@ def build_index_on_ray(
     workers: int | None = None,
     **options: Any,
 ) -> BuildReport:
-    """service.build_index with the embedding (and IVF lists) on Ray: joining the cluster at
+    """build.build_index with the embedding (and IVF lists) on Ray: joining the cluster at
     ``address``, or starting Ray on this machine (``address`` None or "") with ``workers``
     CPUs. ``options`` are build_index's."""
     if workers is not None and workers < 1:

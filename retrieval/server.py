@@ -40,11 +40,12 @@ from retrieval.data import validate_label
 from retrieval.embed import Embedder
 from retrieval.errors import ImageError, InputError, RetrieveError
 from retrieval.images import thumbnail_jpeg
+from retrieval.ingest import CHUNK
 
 UPLOADS = "uploads"
 THUMB_SIDE = 160
 DEFAULT_MAX_UPLOAD_MB = 32
-MAX_FILES = service.CHUNK  # one enrolment request is one commit: all of it or nothing
+MAX_FILES = CHUNK  # one enrolment request is one commit: all of it or nothing
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 
 

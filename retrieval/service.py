@@ -1,55 +1,42 @@
-"""Use cases behind the CLI: build-index, query, enroll, remove, info, check. Returns reports, never prints."""
+"""Use cases behind the CLI: query, enroll, remove, info, check, evaluate (build-index is
+retrieval/build.py's). Returns reports, never prints."""
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import re
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from index import IndexStore, Item
 from index.check import CheckReport, check_index, repair_index
-from index.errors import IndexExistsError, IndexFormatError, IndexLockedError, IndexStoreError
-from index.fsutil import aside_name, atomic_write_bytes, exchange
-from index.lock import LOCK_FILE, writer_lock
+from index.errors import IndexFormatError, IndexStoreError
 from index.manifest import read_manifest
-from index.store import MANIFEST, Builder, Hit
+from index.store import MANIFEST, Hit
+from retrieval.build import build_notes, stray_builds
 from retrieval.classify import Neighbor, Prediction, vote
 from retrieval.data import Record, collect_images, validate_label
 from retrieval.datasets import DatasetOptions
-from retrieval.embed import Embedder, EmbedResult
+from retrieval.embed import Embedder
 from retrieval.errors import InputError, ModelError, ModelMismatchError, RetrieveError
 from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
 from retrieval.images import load_rgb, sha256_file
+from retrieval.ingest import Embedded, dedupe, embed_into, hash_records
 from retrieval.progress import ProgressFactory, no_progress
-from retrieval.runtime import (
-    ONNX_FILE,
-    available,
-    index_embedder,
-    onnx_entry,
-    read_index_onnx,
-)
+from retrieval.runtime import available, index_embedder, read_index_onnx
 from retrieval.shards import (
     LocalShards,
     ShardSearch,
-    deal,
     find_content,
     is_sharded,
     label_counts,
     own_neighbors,
     shard_dirs,
-    shard_name,
     smallest,
-    write_shards,
 )
 from retrieval.visual import AttentionMap
 
@@ -58,30 +45,6 @@ from retrieval.visual import AttentionMap
 # run on ONNX Runtime and never import it.
 if TYPE_CHECKING:
     from retrieval.model import LoadedModel
-
-log = logging.getLogger(__name__)
-
-CHUNK = 256  # images per commit of build-index and enroll (rounded up to whole batches)
-
-
-@dataclass
-class BuildReport:
-    index: Path
-    model: str
-    dim: int
-    added: int
-    labels: dict[str, int]
-    skipped: list[tuple[str, str]]
-    duplicates: list[tuple[str, str]]
-    seconds: float
-    resumed: int = 0
-    shards: int = 1
-
-    @property
-    def images_per_second(self) -> float:
-        """Images embedded per second by this run (those resumed from an earlier one left out)."""
-        embedded = self.added - self.resumed
-        return embedded / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -138,374 +101,6 @@ class Info:
         if self.shards > 1:
             out["shards"] = self.shards
         return out
-
-
-def _hash_records(records: Sequence[Record]) -> list[str]:
-    return [sha256_file(r.path) for r in records]
-
-
-def _dedupe(
-    records: Sequence[Record], shas: Sequence[str], known: dict[str, Any]
-) -> tuple[list[int], list[tuple[str, str]]]:
-    """Indices of records to index, and (path, reason) for content already present."""
-    keep: list[int] = []
-    dupes: list[tuple[str, str]] = []
-    seen: dict[str, str] = {}
-    for i, (r, sha) in enumerate(zip(records, shas, strict=True)):
-        if sha in known:
-            dupes.append(
-                (str(r.path), f"already indexed as {known[sha].path} ({known[sha].label})")
-            )
-        elif sha in seen:
-            dupes.append((str(r.path), f"same content as {seen[sha]}"))
-        else:
-            seen[sha] = str(r.path)
-            keep.append(i)
-    return keep, dupes
-
-
-@dataclass
-class _Embedded:
-    added: list[str] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    duplicates: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _commit_parts(
-    store: IndexStore,
-    records: Sequence[Record],
-    shas: Sequence[str],
-    parts: Iterable[EmbedResult],
-) -> _Embedded:
-    """Commit embedded ``parts`` (their ``ok`` indexes ``records``) one transaction each under
-    the writer lock. Content another writer committed meanwhile is then skipped as a
-    duplicate, so an image never lands twice. Killed midway, the index holds the readable
-    images of the parts committed so far and nothing of the others."""
-    out = _Embedded()
-    for part in parts:
-        out.failures.extend(part.failures)
-        with store.writing():
-            present = store.find_sha256([shas[i] for i in part.ok])
-            rows = [row for row, i in enumerate(part.ok) if shas[i] not in present]
-            new = [part.ok[row] for row in rows]
-            store.add(
-                part.vectors[rows],
-                [records[i].label for i in new],
-                [str(Path(records[i].path).resolve()) for i in new],
-                [shas[i] for i in new],
-            )
-        out.added.extend(str(records[i].path) for i in new)
-        out.duplicates.extend(
-            (str(records[i].path), f"already indexed as {item.path} ({item.label})")
-            for i in part.ok
-            if (item := present.get(shas[i])) is not None
-        )
-    return out
-
-
-def local_parts(
-    embedder: Embedder, records: Sequence[Record], progress: Callable[[int], None]
-) -> Iterator[EmbedResult]:
-    """``records`` embedded in this process, a chunk of CHUNK images at a time."""
-    return embedder.iter_paths(
-        [r.path for r in records], boxes=[r.box for r in records], chunk=CHUNK, progress=progress
-    )
-
-
-def _embed_into(
-    store: IndexStore,
-    embedder: Embedder,
-    records: Sequence[Record],
-    shas: Sequence[str],
-    progress: ProgressFactory,
-    desc: str,
-) -> _Embedded:
-    """Embed ``records`` in order and commit them a chunk of CHUNK images at a time (see
-    _commit_parts)."""
-    with progress(len(records), desc) as bar:
-        return _commit_parts(store, records, shas, local_parts(embedder, records, bar.update))
-
-
-def staging_dir(index_dir: str | Path) -> Path:
-    """Where build-index builds the index that is to replace ``index_dir``: a hidden sibling
-    folder, kept when a build is interrupted, so that the same command resumes it."""
-    target = Path(index_dir)
-    return target.parent / f".{target.name}.building"
-
-
-def _stray_builds(target: Path) -> list[Path]:
-    """Folders beside ``target`` that interrupted builds left and nothing will use: the
-    pid-named staging and old folders of earlier versions (of processes that are gone), and a
-    parked old index (see fsutil.exchange) once ``target`` is in place again."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:building|old)-(\d+)")
-    found = []
-    for entry in sorted(target.parent.iterdir()) if target.parent.is_dir() else []:
-        match = pattern.fullmatch(entry.name)
-        if match and entry.is_dir() and not _alive(int(match.group(1))):
-            found.append(entry)
-    aside = aside_name(target)
-    if aside.is_dir() and target.exists():
-        found.append(aside)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        pass
-    return True
-
-
-def _holds_files(folder: Path) -> bool:
-    return any(e.name != LOCK_FILE for e in folder.iterdir())
-
-
-def _open_staging(staging: Path, model: dict[str, Any], index_type: str) -> tuple[IndexStore, bool]:
-    """The index in ``staging`` if it was begun with the same model and index type (True), else
-    a new one."""
-    if IndexStore.is_index(staging):
-        try:
-            store = IndexStore.open(staging)
-        except IndexStoreError as exc:
-            log.info("starting %s afresh: %s", staging, exc)
-        else:
-            same_model = store.model == json.loads(json.dumps(model))  # as the manifest holds it
-            if same_model and store.manifest.index_type == index_type:
-                return store, True
-            store.close()
-            log.info("starting %s afresh: it was begun with another model or type", staging)
-    store = IndexStore.create(staging, model["dim"], model, overwrite=True, index_type=index_type)
-    return store, False
-
-
-def _resume(
-    store: IndexStore, records: Sequence[Record], shas: Sequence[str]
-) -> tuple[list[int], int]:
-    """Which of ``records`` still need embedding into a staging index: those it does not hold
-    with the same path, content and label. Staged items that are not part of this build (files
-    changed, removed, or of another gallery) are removed. Returns (indices to embed, how many
-    staged items are kept)."""
-    planned = {
-        (str(Path(r.path).resolve()), sha, r.label) for r, sha in zip(records, shas, strict=True)
-    }
-    staged = {(item.path, item.sha256, item.label): item.id for item in store.items()}
-    store.remove_ids([i for key, i in staged.items() if key not in planned])
-    todo = [
-        i
-        for i, (r, sha) in enumerate(zip(records, shas, strict=True))
-        if (str(Path(r.path).resolve()), sha, r.label) not in staged
-    ]
-    return todo, len(records) - len(todo)
-
-
-@dataclass
-class Network:
-    """The network a build embeds with: its name, an Embedder in this process, the manifest's
-    model entry, and the exported ONNX model (None when it runs in torch)."""
-
-    name: str
-    embedder: Embedder
-    entry: dict[str, Any]
-    onnx: bytes | None
-
-
-class Embedding(Protocol):
-    """Where build-index embeds: in this process (LOCAL) or on a Ray cluster
-    (retrieval.distributed.RayEmbedding)."""
-
-    build: Builder | None
-    """Makes the FAISS index from the records at the end of the build (None: in this process)."""
-
-    def parts(
-        self, network: Network, records: Sequence[Record], progress: Callable[[int], None]
-    ) -> Iterator[EmbedResult]:
-        """``records`` embedded, in order, a chunk at a time; ``ok`` indexes ``records``."""
-        ...
-
-
-class _LocalEmbedding:
-    build: Builder | None = None
-
-    def parts(
-        self, network: Network, records: Sequence[Record], progress: Callable[[int], None]
-    ) -> Iterator[EmbedResult]:
-        return local_parts(network.embedder, records, progress)
-
-
-LOCAL: Embedding = _LocalEmbedding()
-
-
-def _network(model: str, weights: str | None, sample: Sequence[Record], batch_size: int) -> Network:
-    """The model loaded, exported to ONNX and checked against torch on images of ``sample``."""
-    from retrieval.export import fast_embedder
-    from retrieval.model import load_model
-
-    loaded = load_model(model, weights=weights)
-    embedder, onnx = fast_embedder(loaded, sample, batch_size=batch_size)
-    entry = loaded.describe()
-    if onnx is not None:
-        entry["onnx"] = onnx_entry(onnx)
-    return Network(loaded.name, embedder, entry, onnx)
-
-
-@dataclass
-class _Filled:
-    embedded: _Embedded
-    labels: dict[str, int]
-    total: int
-    resumed: int
-
-
-def _fill(
-    folder: Path,
-    records: Sequence[Record],
-    shas: Sequence[str],
-    network: Network,
-    index_type: str,
-    embedding: Embedding,
-    progress: ProgressFactory,
-) -> _Filled:
-    """Make the staging index in ``folder`` hold ``records``: what it holds of them from an
-    interrupted build is kept (if begun with the same model and type), the rest embedded and
-    committed a chunk at a time; the FAISS file is written once, at the end."""
-    store, resuming = _open_staging(folder, network.entry, index_type)
-    if network.onnx is not None:
-        atomic_write_bytes(folder / ONNX_FILE, network.onnx)
-    with store, store.bulk(embedding.build):
-        todo, resumed = _resume(store, records, shas) if resuming else (range(len(records)), 0)
-        todo_records = [records[i] for i in todo]
-        todo_shas = [shas[i] for i in todo]
-        with progress(len(todo_records), "embedding") as bar:
-            parts = embedding.parts(network, todo_records, bar.update)
-            embedded = _commit_parts(store, todo_records, todo_shas, parts)
-        return _Filled(embedded, store.label_counts(), len(store), resumed)
-
-
-def _reset_staging(staging: Path, shards: int) -> None:
-    """Empty a staging folder that an interrupted build began with another number of shards
-    (nothing in it would be resumed), then mark a sharded one with its shards.json."""
-    names = sorted(e.name for e in staging.iterdir() if e.is_dir())
-    wanted = [] if shards == 1 else [shard_name(i) for i in range(shards)]
-    begun_sharded = is_sharded(staging) or bool(names)
-    if begun_sharded != bool(wanted) or (wanted and names and names != wanted):
-        for entry in staging.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            elif entry.name != LOCK_FILE:
-                entry.unlink()
-    if wanted:
-        write_shards(staging, shards)
-
-
-def build_index(
-    gallery: str | Path,
-    index_dir: str | Path,
-    *,
-    model: str = "efficientnet_lite0",
-    weights: str | None = None,
-    batch_size: int = 32,
-    force: bool = False,
-    dataset: DatasetOptions | None = None,
-    index_type: str = "auto",
-    shards: int = 1,
-    embedding: Embedding = LOCAL,
-    progress: ProgressFactory = no_progress,
-) -> BuildReport:
-    """Embed every image of a gallery into a new index at ``index_dir``: a folder with one
-    sub-folder per label, or a benchmark in its official layout read with ``dataset``'s options
-    (format, split, bounding-box crop, label level). ``index_type`` is "auto" (exact search up to
-    index.AUTO_IVF_ABOVE vectors, then IVF), "flat" or "ivf". With ``shards`` > 1 the index is a
-    sharded one (retrieval/shards.py): the images dealt round-robin to that many ordinary index
-    folders. ``embedding`` says where the images are embedded (this process, or a Ray cluster).
-
-    The index is built in ``staging_dir(index_dir)`` under that folder's writer lock, committed
-    a chunk of CHUNK images at a time, and swapped into place in one atomic step only when
-    complete: an existing index is untouched until then. An interrupted build is resumed by
-    the same command: images the staging folder holds with the same path and content are not
-    embedded again (anything else in it is dropped); begun with another model, it starts over.
-    """
-    target = Path(index_dir)
-    if shards < 1:
-        raise InputError(f"--shards must be at least 1, not {shards}")
-    if IndexStore.is_index(target) or is_sharded(target):
-        if not force:
-            raise IndexExistsError(f"{target} already holds an index; pass --force to replace it")
-    elif target.exists() and (not target.is_dir() or _holds_files(target)):
-        raise IndexExistsError(f"{target} exists and is not an index; choose another --index")
-    scan = (dataset or DatasetOptions()).scan(gallery)
-    network = _network(model, weights, scan.records, batch_size)
-    start = time.perf_counter()
-    shas = _hash_records(scan.records)
-    keep, dupes = _dedupe(scan.records, shas, {})
-    records = [scan.records[i] for i in keep]
-    shas = [shas[i] for i in keep]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stray in _stray_builds(target):
-        shutil.rmtree(stray, ignore_errors=True)
-    staging = staging_dir(target)
-    staging.mkdir(exist_ok=True)
-    lock = writer_lock(staging)
-    if not lock.acquire(timeout=0):
-        raise IndexLockedError(
-            f"another build-index into {target} is running{lock.holder()}; wait for it to end"
-        )
-    try:
-        _reset_staging(staging, shards)
-        folders = [staging] if shards == 1 else [staging / shard_name(i) for i in range(shards)]
-        filled = [
-            _fill(
-                folder,
-                [records[i] for i in part],
-                [shas[i] for i in part],
-                network,
-                index_type,
-                embedding,
-                progress,
-            )
-            for folder, part in zip(folders, deal(len(records), shards), strict=True)
-        ]
-        total = sum(f.total for f in filled)
-        if total == 0:
-            shutil.rmtree(staging)
-            raise InputError(f"no image in {gallery} could be read; nothing indexed")
-        _swap_into_place(staging, target)
-    finally:
-        lock.release()
-    labels: Counter[str] = Counter()
-    for f in filled:
-        labels.update(f.labels)
-    return BuildReport(
-        index=target,
-        model=network.name,
-        dim=network.embedder.dim,
-        added=total,
-        labels=dict(sorted(labels.items())),
-        skipped=scan.skipped + [x for f in filled for x in f.embedded.failures],
-        duplicates=dupes + [x for f in filled for x in f.embedded.duplicates],
-        seconds=time.perf_counter() - start,
-        resumed=sum(f.resumed for f in filled),
-        shards=shards,
-    )
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Put the complete index at ``staging`` where ``target`` is, in one atomic step; an index
-    there is swapped out under its writer lock (no write of it is cut short), then deleted."""
-    if not target.exists():
-        try:
-            os.rename(staging, target)
-        except OSError as exc:
-            raise IndexExistsError(f"cannot move the new index into {target}: {exc}") from exc
-        return
-    if IndexStore.is_index(target) or is_sharded(target):
-        with writer_lock(target).held():
-            exchange(staging, target)
-    else:
-        exchange(staging, target)
-    shutil.rmtree(staging)
 
 
 @dataclass(frozen=True)
@@ -769,14 +364,14 @@ def enroll_into(
     InputError, nothing added, if none of ``paths`` can be read."""
     validate_label(label)
     records = [Record(Path(p), label) for p in paths]
-    shas = _hash_records(records)
+    shas = hash_records(records)
     with store.writing():  # a writer, even with nothing to add: leftovers of killed ones go
         known = find_content(elsewhere, shas)
         known.update(store.find_sha256(shas))
-    keep, dupes = _dedupe(records, shas, known)
-    embedded = _Embedded()
+    keep, dupes = dedupe(records, shas, known)
+    embedded = Embedded()
     if keep:
-        embedded = _embed_into(
+        embedded = embed_into(
             store,
             embedder,
             [records[i] for i in keep],
@@ -876,7 +471,7 @@ def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
     if is_sharded(target):
         return _check_shards(target, repair)
     report = check_index(target)
-    report.notes.extend(_build_notes(target))
+    report.notes.extend(build_notes(target))
     report.problems.extend(_network_problems(target))
     if not repair:
         return report
@@ -887,11 +482,11 @@ def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
         )
         return report
     done = repair_index(target)
-    for stray in _stray_builds(target):
+    for stray in stray_builds(target):
         shutil.rmtree(stray)
         done.append(f"removed {stray}")
     report = check_index(target)
-    report.notes.extend(_build_notes(target))
+    report.notes.extend(build_notes(target))
     report.problems.extend(_network_problems(target))
     report.repaired = done
     return report
@@ -912,7 +507,7 @@ def _check_shards(target: Path, repair: bool) -> CheckReport:
             mine.extend(f"{folder.name}: {line}" for line in theirs)
     if not report.problems:
         report.labels = len(label_counts(dirs))
-    report.notes.extend(_build_notes(target))
+    report.notes.extend(build_notes(target))
     return report
 
 
@@ -930,26 +525,6 @@ def _network_problems(target: Path) -> list[str]:
     except ModelError as exc:
         return [str(exc)]
     return []
-
-
-def _build_notes(target: Path) -> list[str]:
-    notes = [
-        f"{stray} was left by an interrupted build-index; the next build-index or "
-        "check --repair removes it"
-        for stray in _stray_builds(target)
-    ]
-    staging = staging_dir(target)
-    if staging.is_dir():
-        lock = writer_lock(staging)
-        if lock.acquire(timeout=0):
-            lock.release()
-            notes.append(
-                f"{staging} holds an interrupted build-index: the same build-index command "
-                "resumes it; delete the folder to discard it"
-            )
-        else:
-            notes.append(f"a build-index into {target} is running{lock.holder()}")
-    return notes
 
 
 @dataclass

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from retrieval import export, service
+from retrieval.build import build_index
 from retrieval.cli import main
 from retrieval.data import Record
 from retrieval.model import load_model
@@ -74,7 +75,7 @@ def test_fast_embedder_falls_back_to_torch_when_the_export_disagrees(
 
 def test_index_carries_its_network(gallery: Path, tmp_path: Path):
     index = tmp_path / "idx"
-    service.build_index(gallery, index, model="tiny")
+    build_index(gallery, index, model="tiny")
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["model"]["onnx"]["file"] == ONNX_FILE and (index / ONNX_FILE).is_file()
     assert service.check(index).ok
@@ -85,7 +86,7 @@ def test_index_carries_its_network(gallery: Path, tmp_path: Path):
 
 def test_query_and_enroll_never_import_torch(gallery: Path, tmp_path: Path):
     index = tmp_path / "idx"
-    service.build_index(gallery, index, model="tiny")
+    build_index(gallery, index, model="tiny")
     query = write_image(tmp_path / "q.png", COLORS["red"], seed=5)
     new = write_image(tmp_path / "new.png", (240, 240, 240), seed=6)
     script = (
@@ -113,7 +114,7 @@ def test_query_and_enroll_never_import_torch(gallery: Path, tmp_path: Path):
 
 def test_onnx_and_torch_indexes_give_the_same_answers(gallery: Path, tmp_path: Path):
     index = tmp_path / "idx"
-    service.build_index(gallery, index, model="tiny")
+    build_index(gallery, index, model="tiny")
     query = write_image(tmp_path / "q.png", COLORS["blue"], seed=8)
     fast = service.query([query], index, k=4)[0].prediction
     slow = service.query([query], index, k=4, model="tiny")[0].prediction

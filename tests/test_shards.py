@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from index import IndexStore
-from retrieval import service
+from retrieval.build import build_index
 from retrieval.shards import SHARDS_FILE
 
 from .ray.conftest import answers, gallery_queries, run, same_answers, shard_sizes
@@ -78,16 +78,16 @@ def test_an_interrupted_sharded_build_resumes_by_shard(tmp_path: Path):
     gallery = write_gallery(tmp_path / "gallery", 3, 200)  # 300 per shard: a chunk of 256 + 44
     index = tmp_path / "index"
     with pytest.raises(KeyboardInterrupt):  # in the second shard, after its first chunk
-        service.build_index(gallery, index, model="tiny", shards=2, progress=_StopIn(2, 280))
+        build_index(gallery, index, model="tiny", shards=2, progress=_StopIn(2, 280))
     assert not index.exists()
-    report = service.build_index(gallery, index, model="tiny", shards=2)
+    report = build_index(gallery, index, model="tiny", shards=2)
     assert report.resumed == 300 + 256 and report.added == 600
     assert shard_sizes(index) == [300, 300]
 
     other = tmp_path / "other"
     with pytest.raises(KeyboardInterrupt):
-        service.build_index(gallery, other, model="tiny", shards=2, progress=_StopIn(2, 280))
-    report = service.build_index(gallery, other, model="tiny", shards=3)  # another dealing
+        build_index(gallery, other, model="tiny", shards=2, progress=_StopIn(2, 280))
+    report = build_index(gallery, other, model="tiny", shards=3)  # another dealing
     assert report.resumed == 0 and report.shards == 3
     doc = json.loads((other / SHARDS_FILE).read_text())
     assert doc["shards"] == ["shard-000", "shard-001", "shard-002"]

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from index import IndexLockedError, IndexStore
 from retrieval import service
+from retrieval.build import build_index, staging_dir
 from retrieval.cli import main
 from retrieval.images import sha256_file
 from retrieval.model import load_model, save_model_dir
@@ -57,7 +58,7 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     """path -> vector of an uninterrupted build."""
     root = tmp_path_factory.mktemp("ref") / "idx"
-    service.build_index(gallery, root, model="tiny")
+    build_index(gallery, root, model="tiny")
     return contents(root)
 
 
@@ -83,7 +84,7 @@ def old_index(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     """An existing index (of other images) for the build to replace, and its files' bytes."""
     other = write_gallery(tmp_path / "old_gallery", 2, 3, seed=777)
     target = tmp_path / "idx"
-    service.build_index(other, target, model="tiny")
+    build_index(other, target, model="tiny")
     return target, {p.name: p.read_bytes() for p in target.iterdir() if p.name != ".lock"}
 
 
@@ -92,17 +93,15 @@ def test_interrupted_build_keeps_whole_chunks_and_the_old_index(
 ):
     target, before = old_index(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        service.build_index(
-            gallery, target, model="tiny", force=True, progress=interrupt_after(300)
-        )
-    staging = service.staging_dir(target)
+        build_index(gallery, target, model="tiny", force=True, progress=interrupt_after(300))
+    staging = staging_dir(target)
     assert {p.name: p.read_bytes() for p in target.iterdir() if p.name != ".lock"} == before
     staged = contents(staging)
     assert list(staged) == plan(gallery)[:256]
     for path, vector in staged.items():
         np.testing.assert_allclose(vector, reference[path], atol=1e-5)
 
-    again = service.build_index(gallery, target, model="tiny", force=True)
+    again = build_index(gallery, target, model="tiny", force=True)
     assert (again.resumed, again.added) == (256, 600)
     assert not staging.exists()
     after = contents(target)
@@ -117,16 +116,16 @@ def test_resume_follows_changes_to_the_gallery(gallery: Path, tmp_path: Path):
     changed = Path(shutil.copytree(gallery, tmp_path / "gallery"))
     target = tmp_path / "idx"
     with pytest.raises(KeyboardInterrupt):
-        service.build_index(changed, target, model="tiny", progress=interrupt_after(300))
+        build_index(changed, target, model="tiny", progress=interrupt_after(300))
     staged = plan(changed)[:256]
     write_image(Path(staged[0]), (0, 0, 0), seed=1, size=24)  # content changed
     Path(staged[1]).unlink()  # removed
     write_image(changed / "label00" / "0000a.png", (9, 9, 9), seed=2, size=24)  # added
-    (service.staging_dir(target) / ".vectors.faiss.0123456789abcdef.tmp").write_bytes(b"x")
-    again = service.build_index(changed, target, model="tiny")
+    (staging_dir(target) / ".vectors.faiss.0123456789abcdef.tmp").write_bytes(b"x")
+    again = build_index(changed, target, model="tiny")
     assert again.resumed == 254 and again.added == 600
     fresh = tmp_path / "fresh"
-    service.build_index(changed, fresh, model="tiny")
+    build_index(changed, fresh, model="tiny")
     assert labelled(target) == labelled(fresh)
     assert stray_files(tmp_path) == []
 
@@ -134,9 +133,9 @@ def test_resume_follows_changes_to_the_gallery(gallery: Path, tmp_path: Path):
 def test_another_model_starts_over(gallery: Path, tmp_path: Path):
     target = tmp_path / "idx"
     with pytest.raises(KeyboardInterrupt):
-        service.build_index(gallery, target, model="tiny", progress=interrupt_after(300))
+        build_index(gallery, target, model="tiny", progress=interrupt_after(300))
     folder = save_model_dir(load_model("tiny").net, tmp_path / "tiny_folder").parent
-    again = service.build_index(gallery, target, model=str(folder))
+    again = build_index(gallery, target, model=str(folder))
     assert (again.resumed, again.added) == (0, 600)
     with IndexStore.open(target) as store:
         assert store.model["source"]["kind"] == "dir"
@@ -144,12 +143,12 @@ def test_another_model_starts_over(gallery: Path, tmp_path: Path):
 
 def test_a_second_build_into_the_same_index_is_refused(gallery: Path, tmp_path: Path):
     target = tmp_path / "idx"
-    staging = service.staging_dir(target)
+    staging = staging_dir(target)
     staging.mkdir()
     holder = hold_lock(staging, 30)  # as a running build holds it
     try:
         with pytest.raises(IndexLockedError) as err:
-            service.build_index(gallery, target, model="tiny")
+            build_index(gallery, target, model="tiny")
     finally:
         holder.kill()
         holder.wait()
@@ -160,13 +159,13 @@ def test_a_second_build_into_the_same_index_is_refused(gallery: Path, tmp_path: 
 def test_stray_folders_of_earlier_builds_are_reported_and_removed(tmp_path: Path):
     gallery = write_gallery(tmp_path / "g", 2, 3)
     target = tmp_path / "idx"
-    service.build_index(gallery, target, model="tiny")
+    build_index(gallery, target, model="tiny")
     dead = 2**22 + 12345  # above the default pid_max: no such process
     leftovers = [tmp_path / f".idx.building-{dead}", tmp_path / f".idx.old-{dead}"]
     for folder in leftovers:
         folder.mkdir()
         (folder / "records.sqlite").write_bytes(b"half")
-    with IndexStore.create(service.staging_dir(target), 4, {"name": "x"}):
+    with IndexStore.create(staging_dir(target), 4, {"name": "x"}):
         pass
     out = CliRunner().invoke(main, ["check", "--index", str(target)])
     assert out.exit_code == 0, out.output
@@ -177,20 +176,20 @@ def test_stray_folders_of_earlier_builds_are_reported_and_removed(tmp_path: Path
         )
         == 2
     )
-    assert f"note: {service.staging_dir(target)} holds an interrupted build-index" in out.output
+    assert f"note: {staging_dir(target)} holds an interrupted build-index" in out.output
     fixed = CliRunner().invoke(main, ["check", "--index", str(target), "--repair"])
     assert fixed.exit_code == 0, fixed.output
     assert not any(folder.exists() for folder in leftovers)
-    assert service.staging_dir(target).exists()
+    assert staging_dir(target).exists()
     (tmp_path / f".idx.building-{dead}").mkdir()
-    service.build_index(gallery, target, model="tiny", force=True)
+    build_index(gallery, target, model="tiny", force=True)
     assert stray_files(tmp_path) == []
 
 
 def test_interrupted_enroll_keeps_a_prefix_of_whole_chunks(tmp_path: Path):
     gallery = write_gallery(tmp_path / "g", 2, 3)
     target = tmp_path / "idx"
-    service.build_index(gallery, target, model="tiny")
+    build_index(gallery, target, model="tiny")
     before = labelled(target)
     new = write_images(tmp_path / "new", 600, (200, 200, 40), seed=5000)
     with pytest.raises(KeyboardInterrupt):

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from index import backend
-from retrieval import service
+from retrieval.build import build_index
 from retrieval.cli import main
 
 from ..conftest import COLORS, write_image
@@ -33,7 +33,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for ci, (label, color) in enumerate(COLORS.items()):
         for j in range(4):
             write_image(root / "gallery" / label / f"{j}.png", color, seed=ci * 10 + j)
-    service.build_index(root / "gallery", root / "idx", model="tiny")
+    build_index(root / "gallery", root / "idx", model="tiny")
     return root / "idx"
 
 

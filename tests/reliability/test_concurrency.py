@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from index import IndexStore
-from retrieval import service
+from retrieval.build import build_index
 
 from ..conftest import write_image
 from .conftest import COMMAND_ENV, palette, record, retrieve, retrieve_exe, write_gallery
@@ -66,7 +66,7 @@ def _command_loop(root: Path, image: Path, stop: threading.Event, seen: dict[str
 @pytest.mark.parametrize("writers", [2, 4])
 def test_concurrent_enrolls_land_every_image_once(tmp_path: Path, writers: int):
     root = tmp_path / "idx"
-    service.build_index(write_gallery(tmp_path / "base", 3, 4), root, model="tiny")
+    build_index(write_gallery(tmp_path / "base", 3, 4), root, model="tiny")
     colors = palette(writers + 5)[5:]
     shared = [
         write_image(tmp_path / "shared" / f"s{j:03d}.png", (9, 9, 9), 7000 + j, 24)
@@ -151,7 +151,7 @@ def test_readers_never_fail_while_build_index_swaps_the_folder(tmp_path: Path):
     root = tmp_path / "idx"
     small = write_gallery(tmp_path / "small", 2, 5)
     big = write_gallery(tmp_path / "big", 3, 40, seed=300)
-    service.build_index(small, root, model="tiny")
+    build_index(small, root, model="tiny")
     stop = threading.Event()
     sizes: set[int] = set()
     reads = [0]

@@ -38,8 +38,10 @@ import pytest
 
 from index import IndexStore
 from retrieval import service
+from retrieval.build import build_index, staging_dir
 from retrieval.embed import Embedder
 from retrieval.images import sha256_file
+from retrieval.ingest import CHUNK
 from retrieval.model import load_model
 
 from .conftest import (
@@ -57,7 +59,6 @@ pytestmark = pytest.mark.slow
 SEED = 4
 KILLS = 20
 WORKERS = 2
-CHUNK = service.CHUNK
 ENROLL_IMAGES = 600  # 2 whole chunks and a rest of 88
 BUILD_LABELS, BUILD_PER_LABEL = 4, 250  # 1000 images: 3 whole chunks and a rest of 232
 REMOVE_ITEMS = 40_000  # half of them under the label removed
@@ -265,7 +266,7 @@ def reference_vectors(embedder: Embedder, paths: list[Path]) -> dict[str, np.nda
 def test_enroll_killed(tmp_path: Path, tiny: Embedder):
     base = write_gallery(tmp_path / "base", 3, 4)
     pristine = tmp_path / "pristine"
-    service.build_index(base, pristine, model="tiny")
+    build_index(base, pristine, model="tiny")
     before = items(pristine)
     new = write_images(tmp_path / "new", ENROLL_IMAGES, (230, 220, 20), seed=9000)
     plan = [str(p.resolve()) for p in new]
@@ -354,7 +355,7 @@ def test_enroll_killed(tmp_path: Path, tiny: Embedder):
 def test_build_index_killed(tmp_path: Path, tiny: Embedder):
     old_gallery = write_gallery(tmp_path / "old_gallery", 2, 5, seed=500)
     pristine = tmp_path / "pristine"
-    service.build_index(old_gallery, pristine, model="tiny")
+    build_index(old_gallery, pristine, model="tiny")
     old = items(pristine)
     old_vectors = vectors_by_path(pristine)
     gallery = write_gallery(tmp_path / "gallery", BUILD_LABELS, BUILD_PER_LABEL)
@@ -375,7 +376,7 @@ def test_build_index_killed(tmp_path: Path, tiny: Embedder):
         fresh(w)
 
     def begins(w: int) -> Path:
-        return service.staging_dir(folders[w] / "idx") / ".lock"
+        return staging_dir(folders[w] / "idx") / ".lock"
 
     span = write_span(
         command,
@@ -391,7 +392,7 @@ def test_build_index_killed(tmp_path: Path, tiny: Embedder):
     def chain(w: int) -> None:
         rng = np.random.default_rng([SEED, 10 + w])
         target = fresh(w)
-        staging = service.staging_dir(target)
+        staging = staging_dir(target)
         log = tmp_path / f"run{w}.log"
         staged = 0
         while ledger.claim():

@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from retrieval import service
+from retrieval.build import build_index
 from retrieval.cli import main
 from retrieval.model import load_model, save_model_dir
 
@@ -31,7 +31,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for ci, (label, color) in enumerate(COLORS.items()):
         for j in range(3):
             write_image(root / "gallery" / label / f"{j}.png", color, seed=ci * 10 + j)
-    service.build_index(root / "gallery", root / "idx", model="tiny")
+    build_index(root / "gallery", root / "idx", model="tiny")
     return root / "idx"
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from retrieval import service
+from retrieval.build import build_index
 from retrieval.server import create_app
 
 from ..conftest import COLORS, write_image
@@ -24,7 +24,7 @@ def build_tiny_index(root: Path) -> Path:
     for ci, (label, color) in enumerate(COLORS.items()):
         for j in range(4):
             write_image(root / "gallery" / label / f"{j}.png", color, seed=ci * 10 + j)
-    service.build_index(root / "gallery", root / "index", model="tiny")
+    build_index(root / "gallery", root / "index", model="tiny")
     return root / "index"
 
 

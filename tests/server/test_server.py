@@ -15,7 +15,7 @@ import httpx
 from click.testing import CliRunner
 from PIL import Image
 
-from retrieval import service
+from retrieval.build import build_index
 from retrieval.cli import main
 
 from ..conftest import COLORS, write_image
@@ -235,7 +235,7 @@ def test_an_index_rebuilt_in_place_is_reopened(index: Path, tmp_path: Path):
     probe = write_image(tmp_path / "probe.png", PURPLE, seed=499)
     with running(index) as url, httpx.Client() as client:
         assert client.get(f"{url}/health").json()["count"] == 12
-        service.build_index(gallery, index, model="tiny", force=True)
+        build_index(gallery, index, model="tiny", force=True)
         assert client.get(f"{url}/labels").json() == {"purple": 3, "red": 3}
         assert post_image(client, f"{url}/query", probe).json()["label"] == "purple"
         r = enroll(client, url, "green", write_image(tmp_path / "g.png", COLORS["green"], seed=7))

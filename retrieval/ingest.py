@@ -1,0 +1,104 @@
+"""Images into an open index, a chunk at a time: their content hashes, the duplicates set aside,
+the embedding and one committed transaction per chunk. Shared by build-index (retrieval/build.py)
+and enrolment (retrieval/service.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from index import IndexStore
+from retrieval.data import Record
+from retrieval.embed import Embedder, EmbedResult
+from retrieval.images import sha256_file
+from retrieval.progress import ProgressFactory
+
+CHUNK = 256  # images per commit of build-index and enroll (rounded up to whole batches)
+
+
+def hash_records(records: Sequence[Record]) -> list[str]:
+    return [sha256_file(r.path) for r in records]
+
+
+def dedupe(
+    records: Sequence[Record], shas: Sequence[str], known: dict[str, Any]
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Indices of records to index, and (path, reason) for content already present."""
+    keep: list[int] = []
+    dupes: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for i, (r, sha) in enumerate(zip(records, shas, strict=True)):
+        if sha in known:
+            dupes.append(
+                (str(r.path), f"already indexed as {known[sha].path} ({known[sha].label})")
+            )
+        elif sha in seen:
+            dupes.append((str(r.path), f"same content as {seen[sha]}"))
+        else:
+            seen[sha] = str(r.path)
+            keep.append(i)
+    return keep, dupes
+
+
+@dataclass
+class Embedded:
+    added: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+
+
+def commit_parts(
+    store: IndexStore,
+    records: Sequence[Record],
+    shas: Sequence[str],
+    parts: Iterable[EmbedResult],
+) -> Embedded:
+    """Commit embedded ``parts`` (their ``ok`` indexes ``records``) one transaction each under
+    the writer lock. Content another writer committed meanwhile is then skipped as a
+    duplicate, so an image never lands twice. Killed midway, the index holds the readable
+    images of the parts committed so far and nothing of the others."""
+    out = Embedded()
+    for part in parts:
+        out.failures.extend(part.failures)
+        with store.writing():
+            present = store.find_sha256([shas[i] for i in part.ok])
+            rows = [row for row, i in enumerate(part.ok) if shas[i] not in present]
+            new = [part.ok[row] for row in rows]
+            store.add(
+                part.vectors[rows],
+                [records[i].label for i in new],
+                [str(Path(records[i].path).resolve()) for i in new],
+                [shas[i] for i in new],
+            )
+        out.added.extend(str(records[i].path) for i in new)
+        out.duplicates.extend(
+            (str(records[i].path), f"already indexed as {item.path} ({item.label})")
+            for i in part.ok
+            if (item := present.get(shas[i])) is not None
+        )
+    return out
+
+
+def local_parts(
+    embedder: Embedder, records: Sequence[Record], progress: Callable[[int], None]
+) -> Iterator[EmbedResult]:
+    """``records`` embedded in this process, a chunk of CHUNK images at a time."""
+    return embedder.iter_paths(
+        [r.path for r in records], boxes=[r.box for r in records], chunk=CHUNK, progress=progress
+    )
+
+
+def embed_into(
+    store: IndexStore,
+    embedder: Embedder,
+    records: Sequence[Record],
+    shas: Sequence[str],
+    progress: ProgressFactory,
+    desc: str,
+) -> Embedded:
+    """Embed ``records`` in order and commit them a chunk of CHUNK images at a time (see
+    commit_parts)."""
+    with progress(len(records), desc) as bar:
+        return commit_parts(store, records, shas, local_parts(embedder, records, bar.update))
