@@ -9,7 +9,7 @@ import logging
 import operator
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,12 +90,19 @@ def _item(row: Row) -> Item:
     return Item(*row)
 
 
-def _is_own(entry: Path) -> bool:
-    """Whether ``entry`` is a file an index writes (its own files, or their temp files); the
-    lock file is neither own nor foreign: it is never removed, since a writer may hold it."""
+def _is_own(entry: Path, extra: Collection[str] = ()) -> bool:
+    """Whether ``entry`` is a file an index writes (its own files, the ``extra`` files created
+    with it, or their temp files); the lock file is neither own nor foreign: it is never
+    removed, since a writer may hold it."""
     if entry.is_dir():
         return False
-    return entry.name in _OWN_FILES or _is_temp(entry.name)
+    name = entry.name
+    return (
+        name in _OWN_FILES
+        or name in extra
+        or _is_temp(name)
+        or any(is_temp_of(name, n) for n in extra)
+    )
 
 
 def _is_temp(name: str) -> bool:
@@ -197,13 +204,17 @@ class IndexStore:
         overwrite: bool = False,
         lock_timeout: float | None = DEFAULT_TIMEOUT,
         index_type: str = "auto",
+        files: Mapping[str, bytes] | None = None,
     ) -> IndexStore:
         """A new empty index at ``path`` (created with its parents), under the writer lock.
 
         Refused (IndexExistsError) where an index already is unless ``overwrite``, and always where
         the folder holds other files. ``overwrite`` removes only the files of the old index.
         ``index_type`` ("auto", "flat" or "ivf", see ``index.plan``) is kept in the manifest; the
-        FAISS index follows it as the gallery grows or shrinks.
+        FAISS index follows it as the gallery grows or shrinks. ``files`` (name -> bytes) are
+        written beside the index before its manifest (e.g. the network its model entry names),
+        so that a folder holding the manifest holds them too; leftovers of an interrupted
+        create count as the index's own files.
         """
         check_type(index_type)
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
@@ -214,11 +225,15 @@ class IndexStore:
             json.dumps(model, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model must be JSON-serialisable: {exc}") from exc
+        files = dict(files or {})
+        for name in files:
+            if name in _OWN_FILES or name in ("", ".", "..", LOCK_FILE) or Path(name).name != name:
+                raise ValueError(f"{name!r} cannot be a file beside an index")
         root = Path(path)
-        cls._check_for_create(root, overwrite)
+        cls._check_for_create(root, overwrite, files)
         root.mkdir(parents=True, exist_ok=True)
         with writer_lock(root).held(lock_timeout):
-            own = cls._check_for_create(root, overwrite)
+            own = cls._check_for_create(root, overwrite, files)
             for entry in own:
                 entry.unlink(missing_ok=True)
             if own:
@@ -227,20 +242,23 @@ class IndexStore:
             db = RecordDB.create(root / RECORDS)
             try:
                 store = cls(root, manifest, db, new=True, lock_timeout=lock_timeout)
+                for name, data in files.items():
+                    atomic_write_bytes(root / name, data)
                 write_manifest(root / MANIFEST, manifest)
             except BaseException:
                 db.close()
                 for entry in root.iterdir():
-                    if _is_own(entry):
+                    if _is_own(entry, files):
                         entry.unlink(missing_ok=True)
                 raise
         log.info("created index %s (dim %d)", root, dim)
         return store
 
     @staticmethod
-    def _check_for_create(root: Path, overwrite: bool) -> list[Path]:
-        """The files of an old index to remove before creating one at ``root``, or
-        IndexExistsError if none may be created there."""
+    def _check_for_create(root: Path, overwrite: bool, extra: Collection[str] = ()) -> list[Path]:
+        """The files of an old index (or of an interrupted create with ``extra`` files) to
+        remove before creating one at ``root``, or IndexExistsError if none may be created
+        there."""
         if not root.exists():
             return []
         if not root.is_dir():
@@ -248,8 +266,8 @@ class IndexStore:
                 f"{root} exists and is not a folder; cannot create an index there"
             )
         entries = sorted(e for e in root.iterdir() if e.name != LOCK_FILE)
-        own = [e for e in entries if _is_own(e)]
-        foreign = [e.name for e in entries if not _is_own(e)]
+        own = [e for e in entries if _is_own(e, extra)]
+        foreign = [e.name for e in entries if not _is_own(e, extra)]
         holds_index = (root / MANIFEST).is_file()
         if not holds_index and foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from index import IndexStore
 from index.errors import IndexExistsError, IndexLockedError, IndexStoreError
-from index.fsutil import aside_name, atomic_write_bytes, exchange
+from index.fsutil import aside_name, exchange
 from index.lock import LOCK_FILE, writer_lock
 from index.store import Builder
 from retrieval.data import Record
@@ -91,22 +91,40 @@ def _holds_files(folder: Path) -> bool:
     return any(e.name != LOCK_FILE for e in folder.iterdir())
 
 
-def _open_staging(staging: Path, model: dict[str, Any], index_type: str) -> tuple[IndexStore, bool]:
-    """The index in ``staging`` if it was begun with the same model and index type (True), else
-    a new one."""
+def _open_staging(staging: Path, network: Network, index_type: str) -> tuple[IndexStore, bool]:
+    """The index in ``staging`` if it was begun with the same network and index type (True),
+    else a new one. A new one is created with the exported network beside it, written before
+    its manifest: a staging index never names a model.onnx it lacks, wherever a build is
+    killed."""
+    files = {} if network.onnx is None else {ONNX_FILE: network.onnx}
     if IndexStore.is_index(staging):
         try:
             store = IndexStore.open(staging)
         except IndexStoreError as exc:
             log.info("starting %s afresh: %s", staging, exc)
         else:
-            same_model = store.model == json.loads(json.dumps(model))  # as the manifest holds it
-            if same_model and store.manifest.index_type == index_type:
+            as_stored = json.loads(json.dumps(network.entry))  # as the manifest holds it
+            same = store.model == as_stored and store.manifest.index_type == index_type
+            if same and all(_holds(staging / name, data) for name, data in files.items()):
                 return store, True
             store.close()
-            log.info("starting %s afresh: it was begun with another model or type", staging)
-    store = IndexStore.create(staging, model["dim"], model, overwrite=True, index_type=index_type)
+            log.info("starting %s afresh: it was begun with another network or type", staging)
+    store = IndexStore.create(
+        staging,
+        network.entry["dim"],
+        network.entry,
+        overwrite=True,
+        index_type=index_type,
+        files=files,
+    )
     return store, False
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _resume(
@@ -199,9 +217,7 @@ def _fill(
     """Make the staging index in ``folder`` hold ``records``: what it holds of them from an
     interrupted build is kept (if begun with the same model and type), the rest embedded and
     committed a chunk at a time; the FAISS file is written once, at the end."""
-    store, resuming = _open_staging(folder, network.entry, index_type)
-    if network.onnx is not None:
-        atomic_write_bytes(folder / ONNX_FILE, network.onnx)
+    store, resuming = _open_staging(folder, network, index_type)
     with store, store.bulk(embedding.build):
         todo, resumed = _resume(store, records, shas) if resuming else (range(len(records)), 0)
         todo_records = [records[i] for i in todo]

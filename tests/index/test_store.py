@@ -317,3 +317,45 @@ def test_one_store_shared_by_threads(store: IndexStore) -> None:
     assert not errors, errors[0]
     assert searches[0] > 0
     assert len(store) == 400 - 10
+
+
+def test_create_writes_its_files_before_the_manifest(root: Path, monkeypatch) -> None:
+    import index.store as store_module
+
+    seen = []
+    write = store_module.write_manifest
+
+    def observed(path, manifest):
+        seen.append((root / "net.bin").read_bytes())
+        write(path, manifest)
+
+    monkeypatch.setattr(store_module, "write_manifest", observed)
+    with IndexStore.create(root, DIM, MODEL, files={"net.bin": b"weights"}):
+        pass
+    assert seen == [b"weights"]
+    assert (root / "net.bin").read_bytes() == b"weights"
+
+
+def test_create_over_an_interrupted_create_with_files(root: Path) -> None:
+    """A create killed after writing its files, before its manifest: the same files make them
+    its own (replaced); without them the folder is not an index and is refused."""
+    root.mkdir()
+    (root / "net.bin").write_bytes(b"half")
+    (root / ".net.bin.0123456789abcdef.tmp").write_bytes(b"ha")
+    with pytest.raises(IndexStoreError, match="is not an index"):
+        IndexStore.create(root, DIM, MODEL, overwrite=True)
+    with IndexStore.create(root, DIM, MODEL, overwrite=True, files={"net.bin": b"whole"}):
+        pass
+    assert not [p.name for p in root.iterdir() if p.name.endswith(".tmp")]
+    assert (root / "net.bin").read_bytes() == b"whole"
+    with IndexStore.open(root) as store:
+        assert len(store) == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["manifest.json", "records.sqlite", ".lock", "sub/net.bin", "", ".."]
+)
+def test_create_refuses_files_an_index_owns_or_outside_it(root: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="cannot be a file beside an index"):
+        IndexStore.create(root, DIM, MODEL, files={name: b"x"})
+    assert not (root / "manifest.json").exists()

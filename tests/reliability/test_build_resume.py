@@ -141,6 +141,34 @@ def test_another_model_starts_over(gallery: Path, tmp_path: Path):
         assert store.model["source"]["kind"] == "dir"
 
 
+def test_a_build_killed_before_its_staging_manifest_starts_over(gallery: Path, tmp_path: Path):
+    """What a kill leaves while the staging index is created: its records and exported network
+    (the network is written before the manifest, and half of it as a temp file), no manifest."""
+    target = tmp_path / "idx"
+    staging = staging_dir(target)
+    staging.mkdir(parents=True)
+    (staging / "model.onnx").write_bytes(b"half a network")
+    (staging / ".model.onnx.0123456789abcdef.tmp").write_bytes(b"half")
+    (staging / "records.sqlite").write_bytes(b"")
+    again = build_index(gallery, target, model="tiny")
+    assert (again.resumed, again.added) == (0, 600)
+    assert service.check(target).ok
+    assert stray_files(tmp_path) == []
+
+
+def test_a_staged_network_file_that_differs_starts_over(gallery: Path, tmp_path: Path):
+    target = tmp_path / "idx"
+    with pytest.raises(KeyboardInterrupt):
+        build_index(gallery, target, model="tiny", progress=interrupt_after(300))
+    staging = staging_dir(target)
+    assert service.check(staging).ok
+    (staging / "model.onnx").write_bytes(b"not the network the manifest names")
+    assert not service.check(staging).ok
+    again = build_index(gallery, target, model="tiny")
+    assert (again.resumed, again.added) == (0, 600)
+    assert service.check(target).ok
+
+
 def test_a_second_build_into_the_same_index_is_refused(gallery: Path, tmp_path: Path):
     target = tmp_path / "idx"
     staging = staging_dir(target)
