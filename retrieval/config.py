@@ -95,7 +95,7 @@ class TrainConfig:
     whiten_power: float = 0.5
     image_size: int = 224
     augment: bool = True
-    val_classes: int = 10
+    val_classes: int | None = None  # None: held_out_classes' default (train.py)
     cache_views: int = 2
     seed: int = 0
 
@@ -109,7 +109,7 @@ class TrainConfig:
         for name in ("epochs", "p", "k", "image_size", "cache_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.val_classes < 0:
+        if self.val_classes is not None and self.val_classes < 0:
             raise ValueError("val_classes must be 0 or more")
 
     def model_spec(self) -> ModelSpec:

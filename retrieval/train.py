@@ -7,6 +7,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +43,16 @@ class TrainReport:
     best: dict[str, float]
     history: list[dict[str, Any]]
     seconds: float
+
+
+def held_out_classes(requested: int | None, n_classes: int) -> int:
+    """How many classes to hold out for validation: ``requested`` (--val-classes), or by default
+    10, a fifth of the classes when there are fewer than 50, and none below 10 classes (Recall@1
+    within a single held-out class says nothing)."""
+    if requested is not None:
+        return requested
+    n = min(10, n_classes // 5)
+    return n if n >= 2 else 0
 
 
 def split_classes(
@@ -207,9 +218,18 @@ def train(
     records = (
         list(data) if not isinstance(data, (str, Path)) else DatasetOptions().scan(data).records
     )
+    n_classes = len({r.label for r in records})
+    cfg = replace(cfg, val_classes=held_out_classes(cfg.val_classes, n_classes))
     train_recs, val_recs = split_classes(records, cfg.val_classes, cfg.seed)
     class_ids = {lab: i for i, lab in enumerate(sorted({r.label for r in train_recs}))}
     train_labels = [class_ids[r.label] for r in train_recs]
+    fillable = sum(n >= 2 for n in Counter(train_labels).values())
+    if fillable < cfg.p:
+        raise InputError(
+            f"--batch-p {cfg.p} needs {cfg.p} classes of 2 or more images to train on; "
+            f"{fillable} of the {len(class_ids)} classes left after --val-classes "
+            f"{cfg.val_classes} have them: lower --batch-p or --val-classes"
+        )
     sampler = PKSampler(train_labels, cfg.p, cfg.k, seed=cfg.seed)
 
     torch.manual_seed(cfg.seed)

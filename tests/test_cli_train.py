@@ -83,6 +83,14 @@ def test_train_bad_settings(gallery: Path, tmp_path: Path):
         ok=False,
     )
     assert r.exit_code == 1 and "leaves 1 classes" in r.output
+    out = tmp_path / "few"
+    r = run("train", gallery, "--out", out, "--backbone", "tiny", "--workers", "0", ok=False)
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == [
+        "retrieve: error: --batch-p 8 needs 8 classes of 2 or more images to train on; 3 of "
+        "the 3 classes left after --val-classes 0 have them: lower --batch-p or --val-classes"
+    ]
+    assert not out.exists()
 
 
 def test_evaluate_json(gallery: Path):

@@ -13,7 +13,7 @@ from retrieval.config import TrainConfig
 from retrieval.data import scan_gallery
 from retrieval.errors import InputError
 from retrieval.model import load_model
-from retrieval.train import pca_whitening, split_classes, train
+from retrieval.train import held_out_classes, pca_whitening, split_classes, train
 
 from .conftest import write_image
 
@@ -126,6 +126,23 @@ def test_split_classes_is_seeded_and_disjoint(data: Path):
     assert split_classes(records, 2, seed=1) == (tr, va)
     with pytest.raises(InputError):
         split_classes(records, 5, seed=1)
+
+
+@pytest.mark.parametrize(
+    ("requested", "n_classes", "held"),
+    [
+        (None, 200, 10),
+        (None, 50, 10),
+        (None, 49, 9),
+        (None, 12, 2),
+        (None, 10, 2),
+        (None, 9, 0),
+        (3, 12, 3),
+        (0, 50, 0),
+    ],
+)
+def test_held_out_classes(requested: int | None, n_classes: int, held: int):
+    assert held_out_classes(requested, n_classes) == held
 
 
 def test_pca_whitening_decorrelates():
