@@ -6,9 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
 from PIL import Image
 
+from retrieval.cli import main
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def run(*args: object, ok: bool = True) -> Result:
+    """``retrieve ARGS`` through click's CliRunner (stderr in the output); with ``ok``, it must
+    exit 0."""
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
 
 
 def need_shared(sub: str) -> Path:

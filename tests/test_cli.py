@@ -12,14 +12,7 @@ from click.testing import CliRunner
 
 from retrieval.cli import main
 
-from .conftest import COLORS, write_image
-
-
-def run(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+from .conftest import COLORS, run, write_image
 
 
 def snapshot(index: Path) -> dict[str, bytes]:

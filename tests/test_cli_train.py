@@ -5,18 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from retrieval.cli import main
-
-from .conftest import COLORS, EVALUATE_JSON_KEYS, write_image
-
-
-def run(*args: object, ok: bool = True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+from .conftest import COLORS, EVALUATE_JSON_KEYS, run, write_image
 
 
 def test_train_then_index_with_the_model(gallery: Path, tmp_path: Path):

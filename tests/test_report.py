@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from retrieval.cli import main
 from retrieval.evaluate import (
     Confusion,
     confusions,
@@ -25,14 +23,7 @@ from retrieval.evaluate import (
 )
 from retrieval.report import class_plane
 
-from .conftest import COLORS, EVALUATE_JSON_KEYS, write_image
-
-
-def run(*args: object, ok: bool = True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+from .conftest import COLORS, EVALUATE_JSON_KEYS, run, write_image
 
 
 def unit(angles_deg: list[float]) -> np.ndarray:

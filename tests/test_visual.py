@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from retrieval import service
-from retrieval.cli import main
 from retrieval.config import ModelSpec
 from retrieval.images import load_rgb
 from retrieval.model import load_model, save_model_dir
@@ -33,14 +31,7 @@ from retrieval.visual import (
     thumbnail,
 )
 
-from .conftest import COLORS, write_image
-
-
-def run(*args: object, ok: bool = True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+from .conftest import COLORS, run, write_image
 
 
 class Page(HTMLParser):

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from index import IndexStore
-from retrieval.cli import main
 from retrieval.data import Record
 from retrieval.datasets import load_dataset
 from retrieval.images import load_rgb
@@ -19,14 +17,8 @@ from retrieval.model import load_model
 from retrieval.train import _Images
 from retrieval.transforms import EvalTransform
 
+from ..conftest import run
 from .conftest import edit_line
-
-
-def run(*args: object, ok: bool = True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def labels_of(index: Path) -> dict[str, int]:

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from index import IndexStore
-from retrieval.cli import main
 from retrieval.shards import shard_dirs
 
+from ..conftest import run
 from ..reliability.conftest import write_gallery
 
 _STORE = 100 * 1024 * 1024  # object store bytes per node
@@ -37,13 +36,6 @@ def cluster() -> Iterator[Any]:
     yield nodes
     ray.shutdown()
     nodes.shutdown()
-
-
-def run(*args: object, ok: bool = True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def answers(index: Path, queries: list[Path], *extra: object) -> list[dict]:
