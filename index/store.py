@@ -97,16 +97,11 @@ def _is_own(entry: Path, extra: Collection[str] = ()) -> bool:
     if entry.is_dir():
         return False
     name = entry.name
-    return (
-        name in _OWN_FILES
-        or name in extra
-        or _is_temp(name)
-        or any(is_temp_of(name, n) for n in extra)
-    )
+    return name in _OWN_FILES or name in extra or _is_temp(name, extra)
 
 
-def _is_temp(name: str) -> bool:
-    return any(is_temp_of(name, n) for n in _ATOMIC_FILES)
+def _is_temp(name: str, extra: Collection[str] = ()) -> bool:
+    return any(is_temp_of(name, n) for n in (*_ATOMIC_FILES, *extra))
 
 
 def temp_files(root: str | os.PathLike[str]) -> list[Path]:
