@@ -1,5 +1,5 @@
 """``python -m retrieval``: the retrieve command."""
 
-from retrieval.cli import main
+from retrieval.faces.cli import main
 
 main()

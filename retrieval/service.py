@@ -17,18 +17,17 @@ from index.check import CheckReport, check_index, repair_index
 from index.errors import IndexFormatError, IndexStoreError
 from index.manifest import read_manifest
 from index.store import MANIFEST, Hit
-from retrieval.build import build_notes, stray_builds
-from retrieval.classify import Neighbor, Prediction, vote
-from retrieval.data import Record, collect_images, validate_label
 from retrieval.datasets import DatasetOptions
-from retrieval.embed import Embedder
+from retrieval.datasets.folders import Record, collect_images, validate_label
+from retrieval.engine.classify import Neighbor, Prediction, vote
+from retrieval.engine.embed import Embedder
+from retrieval.engine.images import load_rgb, sha256_file
+from retrieval.engine.runtime import available, index_embedder, read_index_onnx
 from retrieval.errors import InputError, ModelError, ModelMismatchError, RetrieveError
-from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
-from retrieval.images import load_rgb, sha256_file
-from retrieval.ingest import Embedded, dedupe, embed_into, hash_records
-from retrieval.progress import ProgressFactory, no_progress
-from retrieval.runtime import available, index_embedder, read_index_onnx
-from retrieval.shards import (
+from retrieval.faces.visual import AttentionMap
+from retrieval.indexing.build import build_notes, stray_builds
+from retrieval.indexing.ingest import Embedded, dedupe, embed_into, hash_records
+from retrieval.indexing.shards import (
     LocalShards,
     ShardSearch,
     find_content,
@@ -38,13 +37,14 @@ from retrieval.shards import (
     shard_dirs,
     smallest,
 )
-from retrieval.visual import AttentionMap
+from retrieval.progress import ProgressFactory, no_progress
+from retrieval.training.metrics import enrollment_accuracy, retrieval_metrics
 
-# torch (retrieval.model, retrieval.export) takes seconds to import: it is imported only inside
+# torch (retrieval.nets.model, retrieval.nets.export) takes seconds to import: it is imported only inside
 # the use cases that need it. Querying and enrolling an index that holds its exported network
 # run on ONNX Runtime and never import it.
 if TYPE_CHECKING:
-    from retrieval.model import LoadedModel
+    from retrieval.nets.model import LoadedModel
 
 
 @dataclass
@@ -123,7 +123,7 @@ def model_for(
 
     With ``model``, that model is loaded instead and refused unless it is the same network.
     """
-    from retrieval.model import load_from_source, load_model
+    from retrieval.nets.model import load_from_source, load_model
 
     recorded = store.model
     manifest = store.path / MANIFEST
@@ -223,7 +223,7 @@ def query_stream(
     if ray_address is None:
         searcher: ShardSearch = LocalShards(dirs)
     else:
-        from retrieval.shard_actors import RayShards
+        from retrieval.cluster.shard_actors import RayShards
 
         searcher = RayShards(dirs, ray_address)
     with searcher:
@@ -303,7 +303,7 @@ def attention_maps(
         loaded = model_for(store, model)
     import torch
 
-    from retrieval.transforms import EvalTransform
+    from retrieval.engine.transforms import EvalTransform
 
     transform = EvalTransform(loaded.net.preprocess)
     out = []
@@ -553,8 +553,8 @@ def evaluate(
     """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a dataset (a folder per label,
     or a benchmark read with ``dataset``'s options), and the enrolment curve: top-1 k-NN accuracy
     after enrolling ``shots`` random images per class; with the embeddings they came from."""
-    from retrieval.export import fast_embedder
-    from retrieval.model import load_model
+    from retrieval.nets.export import fast_embedder
+    from retrieval.nets.model import load_model
 
     scan = (dataset or DatasetOptions()).scan(data_dir)
     loaded = load_model(model)

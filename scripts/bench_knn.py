@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from retrieval.data import scan_gallery
+from retrieval.datasets.folders import scan_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWERS = ROOT.parent / "shared" / "data" / "flowers12"

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.config import ModelSpec, TrainConfig
-from retrieval.data import Record, scan_gallery
-from retrieval.evaluate import enrollment_accuracy, retrieval_metrics
-from retrieval.model import load_model
-from retrieval.train import train
+from retrieval.datasets.folders import Record, scan_gallery
+from retrieval.nets.model import load_model
+from retrieval.training.metrics import enrollment_accuracy, retrieval_metrics
+from retrieval.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cub50-dev"

@@ -67,8 +67,8 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 def search_latency(index: Path, sharded: Path, queries: int) -> dict[str, dict[str, float]]:
     """Per-query search time of one index, its shards in this process, and its shards' Ray
     actors; the three take turns on each query, so that a busy neighbour slows each alike."""
-    from retrieval.shard_actors import RayShards
-    from retrieval.shards import LocalShards, shard_dirs
+    from retrieval.cluster.shard_actors import RayShards
+    from retrieval.indexing.shards import LocalShards, shard_dirs
 
     with IndexStore.open(index) as store:
         ids, vectors = store.vectors()

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retrieval.data import Record
-from retrieval.embed import Embedder
-from retrieval.evaluate import retrieval_metrics
-from retrieval.export import export_onnx, sample_batch
-from retrieval.model import LoadedModel, TorchForward, load_model
-from retrieval.runtime import OnnxForward
+from retrieval.datasets.folders import Record
+from retrieval.engine.embed import Embedder
+from retrieval.engine.runtime import OnnxForward
+from retrieval.nets.export import export_onnx, sample_batch
+from retrieval.nets.model import LoadedModel, TorchForward, load_model
+from retrieval.training.metrics import retrieval_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import DEFAULT_DATA, split  # noqa: E402

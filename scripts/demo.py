@@ -40,13 +40,13 @@ def retrieve(*args: object, capture: bool = False) -> str:
 
 
 def synthetic_source(work: Path) -> dict[str, list[Path]]:
-    from retrieval.synthetic import make_gallery
+    from retrieval.datasets.synthetic import make_gallery
 
     return make_gallery(work / "source", n_classes=8, per_class=14, seed=0, size=160)
 
 
 def folder_source(folder: Path) -> dict[str, list[Path]]:
-    from retrieval.data import scan_gallery
+    from retrieval.datasets.folders import scan_gallery
 
     by_label: dict[str, list[Path]] = {}
     for r in scan_gallery(folder).records:

@@ -13,9 +13,9 @@ from pytorch_metric_learning import losses, miners, samplers
 from torch.utils.data import DataLoader
 
 from retrieval.config import ModelSpec, TrainConfig
-from retrieval.data import Record
-from retrieval.model import load_model, save_model_dir
-from retrieval.train import _Images, train_transform
+from retrieval.datasets.folders import Record
+from retrieval.nets.model import load_model, save_model_dir
+from retrieval.training.train import _Images, train_transform
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval.attention import CBAM, ChannelAttention, SpatialAttention
+from retrieval.nets.attention import CBAM, ChannelAttention, SpatialAttention
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval.backbones import create_backbone
+from retrieval.engine.images import load_rgb
+from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import ModelError
-from retrieval.images import load_rgb
-from retrieval.transforms import EvalTransform
+from retrieval.nets.backbones import create_backbone
 
 from .conftest import need_shared
 

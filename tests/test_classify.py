@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.classify import Neighbor, vote
+from retrieval.engine.classify import Neighbor, vote
 
 
 def n(label: str, score: float) -> Neighbor:

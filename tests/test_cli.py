@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from retrieval.cli import main
+from retrieval.faces.cli import main
 
 from .conftest import COLORS, run, write_image
 
@@ -211,7 +211,7 @@ def test_commands_that_do_not_embed_start_without_torch(built: Path):
     script = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from retrieval.cli import main\n"
+        "from retrieval.faces.cli import main\n"
         f"for args in (['info', '--index', {str(built)!r}],\n"
         f"             ['remove', '--index', {str(built)!r}, '--label', 'red']):\n"
         "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.data import collect_images, scan_gallery, validate_label
+from retrieval.datasets.folders import collect_images, scan_gallery, validate_label
 from retrieval.errors import GalleryError, InputError
 
 from .conftest import write_image

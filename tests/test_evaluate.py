@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.evaluate import (
+from retrieval.training.metrics import (
     enrollment_accuracy,
     knn_accuracy,
     map_at_r,

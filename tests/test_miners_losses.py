@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retrieval.losses import (
+from retrieval.training.losses import (
     ContrastiveLoss,
     MetricLoss,
     MultiSimilarityLoss,
@@ -16,7 +16,7 @@ from retrieval.losses import (
     TripletLoss,
     make_loss,
 )
-from retrieval.miners import (
+from retrieval.training.miners import (
     BatchHardMiner,
     HardPairMiner,
     Miner,

@@ -10,7 +10,7 @@ import torch
 
 from retrieval.config import ModelSpec
 from retrieval.errors import ModelError
-from retrieval.model import fingerprint, load_from_source, load_model, save_model_dir
+from retrieval.nets.model import fingerprint, load_from_source, load_model, save_model_dir
 
 from .conftest import write_image
 

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.evaluate import (
+from retrieval.faces.report import class_plane
+from retrieval.training.metrics import (
     Confusion,
     confusions,
     neighbors_leave_one_out,
     recall_at_k,
     recall_curve,
 )
-from retrieval.report import class_plane
 
 from .conftest import COLORS, EVALUATE_JSON_KEYS, run, write_image
 

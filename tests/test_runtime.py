@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from retrieval import export, service
-from retrieval.build import build_index
-from retrieval.cli import main
-from retrieval.data import Record
-from retrieval.model import load_model
-from retrieval.runtime import ONNX_FILE, OnnxForward
+from retrieval import service
+from retrieval.datasets.folders import Record
+from retrieval.engine.runtime import ONNX_FILE, OnnxForward
+from retrieval.faces.cli import main
+from retrieval.indexing.build import build_index
+from retrieval.nets import export
+from retrieval.nets.model import load_model
 
 from .conftest import COLORS, need_shared, write_image
 
@@ -92,7 +93,7 @@ def test_query_and_enroll_never_import_torch(gallery: Path, tmp_path: Path):
     script = (
         "import sys, json\n"
         "from click.testing import CliRunner\n"
-        "from retrieval.cli import main\n"
+        "from retrieval.faces.cli import main\n"
         f"r = CliRunner().invoke(main, ['query', {str(query)!r}, '--index', {str(index)!r}, '--json'])\n"
         "assert r.exit_code == 0, r.output\n"
         f"e = CliRunner().invoke(main, ['enroll', 'white', {str(new)!r}, '--index', {str(index)!r}])\n"

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from retrieval.samplers import PKSampler
+from retrieval.training.samplers import PKSampler
 
 
 def _labels(sizes: dict[str, int]) -> list[str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from index import IndexStore
-from retrieval.build import build_index
-from retrieval.shards import SHARDS_FILE
+from retrieval.indexing.build import build_index
+from retrieval.indexing.shards import SHARDS_FILE
 
 from .ray.conftest import answers, gallery_queries, run, same_answers, shard_sizes
 from .reliability.conftest import write_gallery

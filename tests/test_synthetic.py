@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.synthetic import (
+from retrieval.datasets.synthetic import (
     BUILDS,
     N_SPECIES,
     PATTERNS,

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from retrieval.config import TrainConfig
-from retrieval.data import scan_gallery
+from retrieval.datasets.folders import scan_gallery
 from retrieval.errors import InputError
-from retrieval.model import load_model
-from retrieval.train import held_out_classes, pca_whitening, split_classes, train
+from retrieval.nets.model import load_model
+from retrieval.training.train import held_out_classes, pca_whitening, split_classes, train
 
 from .conftest import write_image
 

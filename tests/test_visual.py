@@ -18,9 +18,8 @@ from PIL import Image
 
 from retrieval import service
 from retrieval.config import ModelSpec
-from retrieval.images import load_rgb
-from retrieval.model import load_model, save_model_dir
-from retrieval.visual import (
+from retrieval.engine.images import load_rgb
+from retrieval.faces.visual import (
     PAD,
     PANEL,
     ROW_HEIGHT,
@@ -30,6 +29,7 @@ from retrieval.visual import (
     overlay,
     thumbnail,
 )
+from retrieval.nets.model import load_model, save_model_dir
 
 from .conftest import COLORS, run, write_image
 
@@ -221,7 +221,7 @@ def test_show_without_attention_never_imports_torch(built: Path, tmp_path: Path)
     script = (
         "import sys, json\n"
         "from click.testing import CliRunner\n"
-        "from retrieval.cli import main\n"
+        "from retrieval.faces.cli import main\n"
         f"r = CliRunner().invoke(main, ['query', {str(q)!r}, '--index', {str(built)!r}, "
         f"'--show', {str(out)!r}])\n"
         "assert r.exit_code == 0, r.output\n"

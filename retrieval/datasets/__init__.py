@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from retrieval.data import Record, Scan, scan_gallery
 from retrieval.datasets import aircraft, cars, cub, flowers102
 from retrieval.datasets.common import (
     CROPS,
@@ -16,6 +15,7 @@ from retrieval.datasets.common import (
     find_data_root,
     looked_for,
 )
+from retrieval.datasets.folders import Record, Scan, scan_gallery
 from retrieval.errors import GalleryError, InputError
 
 FORMATS = ("folder", "cub", "flowers102", "cars", "aircraft")

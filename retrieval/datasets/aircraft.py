@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.data import Record
 from retrieval.datasets.common import (
     Entry,
     Labels,
@@ -27,8 +26,9 @@ from retrieval.datasets.common import (
     require,
     select,
 )
+from retrieval.datasets.folders import Record
+from retrieval.engine.images import Box, image_size
 from retrieval.errors import ImageError
-from retrieval.images import Box, image_size
 
 NAME = "FGVC-Aircraft"
 MARKERS = ("images_box.txt", "images_variant_trainval.txt", "images_variant_test.txt")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.data import Record
 from retrieval.datasets.common import (
     Entry,
     Labels,
@@ -29,6 +28,7 @@ from retrieval.datasets.common import (
     require,
     select,
 )
+from retrieval.datasets.folders import Record
 from retrieval.errors import GalleryError
 
 NAME = "Stanford Cars"

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.data import Record, validate_label
+from retrieval.datasets.folders import Record, validate_label
+from retrieval.engine.images import Box
 from retrieval.errors import GalleryError, InputError
-from retrieval.images import Box
 
 BOX_NAMES = ("xmin", "ymin", "xmax", "ymax")
 SPLITS = ("all", "train", "test", "retrieval-train", "retrieval-test")
@@ -167,7 +167,7 @@ def lookup(table: Rows, key: str, asked_by: Origin, table_file: str) -> list[str
 
 
 class Labels:
-    """Class names made into labels: '/' becomes '-', then the label rules of retrieval.data apply;
+    """Class names made into labels: '/' becomes '-', then the label rules of retrieval.datasets.folders apply;
     two classes that end up with the same label are refused."""
 
     def __init__(self) -> None:

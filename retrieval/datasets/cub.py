@@ -12,7 +12,6 @@ import math
 import re
 from pathlib import Path
 
-from retrieval.data import Record
 from retrieval.datasets.common import (
     Entry,
     Labels,
@@ -29,7 +28,8 @@ from retrieval.datasets.common import (
     to_float,
     to_int,
 )
-from retrieval.images import Box
+from retrieval.datasets.folders import Record
+from retrieval.engine.images import Box
 
 NAME = "CUB-200-2011"
 MARKERS = (

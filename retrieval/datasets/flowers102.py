@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from retrieval.data import Record
 from retrieval.datasets.common import (
     Entry,
     Origin,
@@ -23,6 +22,7 @@ from retrieval.datasets.common import (
     select,
     to_int,
 )
+from retrieval.datasets.folders import Record
 from retrieval.errors import GalleryError
 
 NAME = "Oxford Flowers-102"

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from retrieval.datasets import load_dataset
+from retrieval.engine.images import load_rgb
 from retrieval.errors import GalleryError, InputError
-from retrieval.images import load_rgb
 
 from .conftest import AIRCRAFT_SIZE, BANNER, BLUE, RED, aircraft_box, edit_line, mean_color
 

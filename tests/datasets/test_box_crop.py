@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval.engine.images import image_size, load_rgb
 from retrieval.errors import ImageError
-from retrieval.images import image_size, load_rgb
 
 GREY = (128, 128, 128)
 RED = (220, 30, 30)

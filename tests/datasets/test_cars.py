@@ -10,8 +10,8 @@ import pytest
 import scipy.io
 
 from retrieval.datasets import load_dataset
+from retrieval.engine.images import load_rgb
 from retrieval.errors import GalleryError
-from retrieval.images import load_rgb
 
 from .conftest import CARS_NAMES, RED, cars_box, mean_color, save_cars_annotations, save_cars_meta
 

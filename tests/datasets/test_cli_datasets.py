@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from index import IndexStore
-from retrieval.data import Record
 from retrieval.datasets import load_dataset
-from retrieval.images import load_rgb
-from retrieval.model import load_model
-from retrieval.train import _Images
-from retrieval.transforms import EvalTransform
+from retrieval.datasets.folders import Record
+from retrieval.engine.images import load_rgb
+from retrieval.engine.transforms import EvalTransform
+from retrieval.nets.model import load_model
+from retrieval.training.train import _Images
 
 from ..conftest import run
 from .conftest import edit_line

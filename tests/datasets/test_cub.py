@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from retrieval.datasets import load_dataset
+from retrieval.engine.images import load_rgb
 from retrieval.errors import GalleryError
-from retrieval.images import load_rgb
 
 from .conftest import RED, edit_line, lines, mean_color
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.data import validate_label
 from retrieval.datasets import FORMATS, detect_format, load_dataset
+from retrieval.datasets.folders import validate_label
 from retrieval.errors import GalleryError, InputError
 
 from ..conftest import need_shared

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from index import IndexStore
-from retrieval.shards import shard_dirs
+from retrieval.indexing.shards import shard_dirs
 
 from ..conftest import run
 from ..reliability.conftest import write_gallery

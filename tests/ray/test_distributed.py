@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from index import IndexStore, Layout, backend
-from retrieval.distributed import RayEmbedding, build_index_on_ray
+from retrieval.cluster.distributed import RayEmbedding, build_index_on_ray
 from retrieval.errors import RetrieveError
-from retrieval.shards import shard_dirs
+from retrieval.indexing.shards import shard_dirs
 
 from ..reliability.conftest import COMMAND_ENV, REPO, record, retrieve_exe, write_gallery
 from .conftest import answers, descendants_named, gallery_queries, run, same_answers
@@ -186,7 +186,7 @@ NO_RAY = """
     import sys
     sys.modules["ray"] = None  # as if Ray were not installed
     from click.testing import CliRunner
-    from retrieval.cli import main
+    from retrieval.faces.cli import main
     gallery, index = sys.argv[1:3]
     for args in (
         ["build-index", gallery, "--index", index, "--model", "tiny", "--ray"],

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from retrieval import service
-from retrieval.images import sha256_file
-from retrieval.shard_actors import RayShards
-from retrieval.shards import SHARDS_FILE, shard_dirs
+from retrieval.cluster.shard_actors import RayShards
+from retrieval.engine.images import sha256_file
+from retrieval.indexing.shards import SHARDS_FILE, shard_dirs
 
 from ..reliability.conftest import write_images
 from .conftest import answers, gallery_queries, run, same_answers, shard_sizes

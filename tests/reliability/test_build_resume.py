@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from index import IndexLockedError, IndexStore
 from retrieval import service
-from retrieval.build import build_index, staging_dir
-from retrieval.cli import main
-from retrieval.images import sha256_file
-from retrieval.model import load_model, save_model_dir
+from retrieval.engine.images import sha256_file
+from retrieval.faces.cli import main
+from retrieval.indexing.build import build_index, staging_dir
+from retrieval.nets.model import load_model, save_model_dir
 
 from ..conftest import write_image
 from .conftest import hold_lock, stray_files, write_gallery, write_images

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from index import backend
-from retrieval.build import build_index
-from retrieval.cli import main
+from retrieval.faces.cli import main
+from retrieval.indexing.build import build_index
 
 from ..conftest import COLORS, write_image
 from ..index.helpers import db_generation, sidecar

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from index import IndexStore
-from retrieval.build import build_index
+from retrieval.indexing.build import build_index
 
 from ..conftest import write_image
 from .conftest import COMMAND_ENV, palette, record, retrieve, retrieve_exe, write_gallery

@@ -38,11 +38,11 @@ import pytest
 
 from index import IndexStore
 from retrieval import service
-from retrieval.build import build_index, staging_dir
-from retrieval.embed import Embedder
-from retrieval.images import sha256_file
-from retrieval.ingest import CHUNK
-from retrieval.model import load_model
+from retrieval.engine.embed import Embedder
+from retrieval.engine.images import sha256_file
+from retrieval.indexing.build import build_index, staging_dir
+from retrieval.indexing.ingest import CHUNK
+from retrieval.nets.model import load_model
 
 from .conftest import (
     COMMAND_ENV,

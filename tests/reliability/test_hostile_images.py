@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval.engine.images import MAX_PIXELS, load_rgb
 from retrieval.errors import ImageError
-from retrieval.images import MAX_PIXELS, load_rgb
-from retrieval.model import load_model
+from retrieval.nets.model import load_model
 
 
 def photo(size=(96, 64), seed=0) -> Image.Image:

@@ -15,9 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from retrieval.build import build_index
-from retrieval.cli import main
-from retrieval.model import load_model, save_model_dir
+from retrieval.faces.cli import main
+from retrieval.indexing.build import build_index
+from retrieval.nets.model import load_model, save_model_dir
 
 from ..conftest import COLORS, write_image
 

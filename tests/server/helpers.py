@@ -12,8 +12,8 @@ from pathlib import Path
 
 import uvicorn
 
-from retrieval.build import build_index
-from retrieval.server import create_app
+from retrieval.faces.server import create_app
+from retrieval.indexing.build import build_index
 
 from ..conftest import COLORS, write_image
 

@@ -15,8 +15,8 @@ import httpx
 from click.testing import CliRunner
 from PIL import Image
 
-from retrieval.build import build_index
-from retrieval.cli import main
+from retrieval.faces.cli import main
+from retrieval.indexing.build import build_index
 
 from ..conftest import COLORS, write_image
 from .helpers import running
@@ -215,7 +215,7 @@ def test_an_enrolment_by_another_process_is_seen(index: Path, tmp_path: Path):
 
 def test_serve_without_the_extra_says_so(built: Path, monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)
-    monkeypatch.delitem(sys.modules, "retrieval.server", raising=False)
+    monkeypatch.delitem(sys.modules, "retrieval.faces.server", raising=False)
     result = CliRunner().invoke(main, ["serve", "--index", str(built)])
     assert result.exit_code == 1
     assert "needs the 'serve' extra (fastapi is not installed)" in result.output

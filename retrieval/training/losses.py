@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from retrieval.miners import check_batch, pair_masks, to_pairs, to_triplets
+from retrieval.training.miners import check_batch, pair_masks, to_pairs, to_triplets
 
 LOSSES = ("triplet", "contrastive", "multi-similarity", "proxy-anchor")
 

@@ -19,17 +19,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from retrieval.config import Preprocess, TrainConfig
-from retrieval.data import Record
 from retrieval.datasets import DatasetOptions
+from retrieval.datasets.folders import Record
+from retrieval.engine.images import load_rgb
+from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import InputError
-from retrieval.evaluate import retrieval_metrics
-from retrieval.images import load_rgb
-from retrieval.losses import MetricLoss, make_loss
-from retrieval.miners import make_miner
-from retrieval.model import EmbeddingNet, load_model, save_model_dir
+from retrieval.nets.model import EmbeddingNet, load_model, save_model_dir
 from retrieval.progress import ProgressFactory, no_progress
-from retrieval.samplers import PKSampler
-from retrieval.transforms import EvalTransform
+from retrieval.training.losses import MetricLoss, make_loss
+from retrieval.training.metrics import retrieval_metrics
+from retrieval.training.miners import make_miner
+from retrieval.training.samplers import PKSampler
 
 STATE_NAME = "last.pt"
 HISTORY_NAME = "history.json"

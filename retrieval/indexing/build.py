@@ -22,14 +22,14 @@ from index.errors import IndexExistsError, IndexLockedError, IndexStoreError
 from index.fsutil import aside_name, exchange
 from index.lock import LOCK_FILE, writer_lock
 from index.store import Builder
-from retrieval.data import Record
 from retrieval.datasets import DatasetOptions
-from retrieval.embed import Embedder, EmbedResult
+from retrieval.datasets.folders import Record
+from retrieval.engine.embed import Embedder, EmbedResult
+from retrieval.engine.runtime import ONNX_FILE, onnx_entry
 from retrieval.errors import InputError
-from retrieval.ingest import Embedded, commit_parts, dedupe, hash_records, local_parts
+from retrieval.indexing.ingest import Embedded, commit_parts, dedupe, hash_records, local_parts
+from retrieval.indexing.shards import deal, is_sharded, shard_name, write_shards
 from retrieval.progress import ProgressFactory, no_progress
-from retrieval.runtime import ONNX_FILE, onnx_entry
-from retrieval.shards import deal, is_sharded, shard_name, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Network:
 
 class Embedding(Protocol):
     """Where build-index embeds: in this process (LOCAL) or on a Ray cluster
-    (retrieval.distributed.RayEmbedding)."""
+    (retrieval.cluster.distributed.RayEmbedding)."""
 
     build: Builder | None
     """Makes the FAISS index from the records at the end of the build (None: in this process)."""
@@ -186,8 +186,8 @@ LOCAL: Embedding = _LocalEmbedding()
 
 def _network(model: str, weights: str | None, sample: Sequence[Record], batch_size: int) -> Network:
     """The model loaded, exported to ONNX and checked against torch on images of ``sample``."""
-    from retrieval.export import fast_embedder
-    from retrieval.model import load_model
+    from retrieval.nets.export import fast_embedder
+    from retrieval.nets.model import load_model
 
     loaded = load_model(model, weights=weights)
     embedder, onnx = fast_embedder(loaded, sample, batch_size=batch_size)

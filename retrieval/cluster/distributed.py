@@ -1,6 +1,6 @@
 """build-index on a Ray cluster: images embedded by Ray Data ``map_batches`` on a pool of actors
 that each load the exported ONNX network once, and IVF lists filled in parallel Ray tasks. The
-rest (scan, dedupe, export, staging, resume, swap) is retrieval.build.build_index's.
+rest (scan, dedupe, export, staging, resume, swap) is retrieval.indexing.build.build_index's.
 
 Ray is an optional extra: it is imported only here, inside the functions that use it (and in
 retrieval/shard_actors.py)."""
@@ -19,13 +19,13 @@ import numpy as np
 
 from index import backend
 from index.plan import Layout
-from retrieval.build import BuildReport, Network, build_index
 from retrieval.config import Preprocess
-from retrieval.data import Record
-from retrieval.embed import Embedder, EmbedResult
+from retrieval.datasets.folders import Record
+from retrieval.engine.embed import Embedder, EmbedResult
+from retrieval.engine.runtime import OnnxForward
 from retrieval.errors import InputError, ModelError, RetrieveError, require_extra
-from retrieval.ingest import CHUNK
-from retrieval.runtime import OnnxForward
+from retrieval.indexing.build import BuildReport, Network, build_index
+from retrieval.indexing.ingest import CHUNK
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from retrieval.data import Record
-from retrieval.embed import Embedder
+from retrieval.datasets.folders import Record
+from retrieval.engine.embed import Embedder
+from retrieval.engine.images import load_rgb
+from retrieval.engine.runtime import INPUT, OUTPUT, OnnxForward, available
 from retrieval.errors import ImageError
-from retrieval.images import load_rgb
-from retrieval.model import EmbeddingNet, LoadedModel, TorchForward
-from retrieval.runtime import INPUT, OUTPUT, OnnxForward, available
+from retrieval.nets.model import EmbeddingNet, LoadedModel, TorchForward
 
 log = logging.getLogger(__name__)
 

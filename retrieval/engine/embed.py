@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 
 from retrieval.config import Preprocess
+from retrieval.engine.images import Box, load_rgb
+from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import ImageError
-from retrieval.images import Box, load_rgb
-from retrieval.transforms import EvalTransform
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import numpy as np
 
 from index import IndexStore
 from index.store import Hit
-from retrieval.distributed import connected, is_ray_error, ray_error_line
+from retrieval.cluster.distributed import connected, is_ray_error, ray_error_line
 from retrieval.errors import RetrieveError
-from retrieval.shards import merge_hits, own_neighbors
+from retrieval.indexing.shards import merge_hits, own_neighbors
 
 
 class _ShardServer:

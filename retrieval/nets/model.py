@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.attention import CBAM
-from retrieval.backbones import Backbone, backbone_names, create_backbone
 from retrieval.config import ModelSpec, Preprocess
-from retrieval.embed import Embedder
+from retrieval.engine.embed import Embedder
 from retrieval.errors import ModelError
+from retrieval.nets.attention import CBAM
+from retrieval.nets.backbones import Backbone, backbone_names, create_backbone
 
 CHECKPOINT_NAME = "model.pt"
 CHECKPOINT_FORMAT = 1

@@ -7,8 +7,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retrieval.engine.images import Box, is_image_name
 from retrieval.errors import GalleryError, InputError
-from retrieval.images import Box, is_image_name
 
 MAX_LABEL_LENGTH = 200
 

@@ -203,7 +203,7 @@ def build_index_cmd(
 ) -> None:
     """Index GALLERY: one sub-folder per label (images at any depth below it), or a benchmark
     in its official layout (CUB-200-2011, Flowers-102, Stanford Cars, FGVC-Aircraft)."""
-    from retrieval.build import build_index
+    from retrieval.indexing.build import build_index
 
     options = {
         "model": model,
@@ -216,7 +216,7 @@ def build_index_cmd(
         "progress": _bar,
     }
     if ray_address is not None:
-        from retrieval.distributed import build_index_on_ray, require_ray
+        from retrieval.cluster.distributed import build_index_on_ray, require_ray
 
         require_ray()
         _quiet_ray()
@@ -301,11 +301,11 @@ def query_cmd(
     from retrieval import service
 
     if show is not None:
-        from retrieval.visual import check_show_target
+        from retrieval.faces.visual import check_show_target
 
         check_show_target(show)
     if ray_address is not None:
-        from retrieval.distributed import require_ray
+        from retrieval.cluster.distributed import require_ray
 
         require_ray()
         _quiet_ray()
@@ -329,7 +329,7 @@ def query_cmd(
         if show is not None:
             answered.append(r)
     if show is not None:
-        from retrieval.visual import write_answer
+        from retrieval.faces.visual import write_answer
 
         maps = service.attention_maps([r.query for r in answered], index_dir, model=model)
         write_answer(show, answered, maps, min_score=min_score)
@@ -515,7 +515,7 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
 def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, dataset, **settings) -> None:
     """Fine-tune an embedding network on DATA_DIR (one sub-folder per class, or a benchmark in its
     official layout) by metric learning."""
-    from retrieval.train import train
+    from retrieval.training.train import train
 
     try:
         cfg = TrainConfig(**settings)
@@ -580,7 +580,7 @@ def evaluate_cmd(
     from retrieval import service
 
     if report_dir is not None:
-        from retrieval.report import check_report_dir
+        from retrieval.faces.report import check_report_dir
 
         check_report_dir(report_dir)
     done = service.evaluate(
@@ -588,7 +588,7 @@ def evaluate_cmd(
     )
     _warn_skipped(done.skipped, "unreadable or non-image files")
     if report_dir is not None:
-        from retrieval.report import write_report
+        from retrieval.faces.report import write_report
 
         click.echo(f"wrote {write_report(report_dir, done, str(data_dir))}", err=True)
     m = done.metrics
@@ -628,7 +628,7 @@ def serve_cmd(index_dir: Path, host: str, port: int, max_upload_mb: float) -> No
     try:
         import uvicorn
 
-        from retrieval.server import create_app
+        from retrieval.faces.server import create_app
     except ModuleNotFoundError as exc:
         if exc.name not in SERVE_MODULES:
             raise

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from index.fsutil import atomic_write_bytes
-from retrieval.classify import Prediction
+from retrieval.engine.classify import Prediction
+from retrieval.engine.images import load_rgb
 from retrieval.errors import ImageError, InputError
-from retrieval.images import load_rgb
 
 SHOW_SUFFIXES = (".html", ".png")
 THUMB = 160  # side of a thumbnail, pixels

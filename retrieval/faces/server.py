@@ -36,11 +36,11 @@ from index import IndexStore, Item
 from index.errors import IndexLockedError, IndexStoreError
 from index.fsutil import atomic_write_bytes
 from retrieval import service
-from retrieval.data import validate_label
-from retrieval.embed import Embedder
+from retrieval.datasets.folders import validate_label
+from retrieval.engine.embed import Embedder
+from retrieval.engine.images import thumbnail_jpeg
 from retrieval.errors import ImageError, InputError, RetrieveError
-from retrieval.images import thumbnail_jpeg
-from retrieval.ingest import CHUNK
+from retrieval.indexing.ingest import CHUNK
 
 UPLOADS = "uploads"
 THUMB_SIDE = 160
@@ -201,7 +201,7 @@ def _remove_empty(folder: Path) -> None:
 
 
 def _web_root() -> Path:
-    return Path(str(resources.files("retrieval") / "web"))
+    return Path(str(resources.files("retrieval.faces") / "web"))
 
 
 def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:

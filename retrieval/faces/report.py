@@ -16,8 +16,8 @@ import numpy as np
 
 from index.fsutil import atomic_write_bytes
 from retrieval.errors import InputError, require_extra
-from retrieval.evaluate import Confusion, confusions, neighbors_leave_one_out, recall_curve
-from retrieval.visual import data_uri, html_page, jpeg_uri, load_thumbnail, writable_folder
+from retrieval.faces.visual import data_uri, html_page, jpeg_uri, load_thumbnail, writable_folder
+from retrieval.training.metrics import Confusion, confusions, neighbors_leave_one_out, recall_curve
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.config import Preprocess
-from retrieval.embed import Embedder
+from retrieval.engine.embed import Embedder
 from retrieval.errors import ModelError
 
 ONNX_FILE = "model.onnx"

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from index import IndexStore
-from retrieval.data import Record
-from retrieval.embed import Embedder, EmbedResult
-from retrieval.images import sha256_file
+from retrieval.datasets.folders import Record
+from retrieval.engine.embed import Embedder, EmbedResult
+from retrieval.engine.images import sha256_file
 from retrieval.progress import ProgressFactory
 
 CHUNK = 256  # images per commit of build-index and enroll (rounded up to whole batches)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.classify import Neighbor, vote
+from retrieval.engine.classify import Neighbor, vote
 
 BLOCK = 1024
 
