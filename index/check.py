@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,21 +10,15 @@ from typing import Any
 import numpy as np
 
 from index import backend
+from index.cache import read_sidecar
 from index.errors import IndexFormatError, IndexLockedError, IndexStoreError, NotAnIndexError
+from index.folder import MANIFEST, RECORDS, SIDECAR, VECTORS, temp_files
 from index.fsutil import sha256_file
 from index.lock import DEFAULT_TIMEOUT, writer_lock
 from index.manifest import Manifest, read_manifest
 from index.plan import choose
 from index.records import Audit, RecordDB
-from index.store import (
-    MANIFEST,
-    NORM_TOLERANCE,
-    RECORDS,
-    SIDECAR,
-    VECTORS,
-    IndexStore,
-    temp_files,
-)
+from index.store import NORM_TOLERANCE, IndexStore
 
 _FAULTS = {
     "type": "hold a label, path, sha256 or time that is not text",
@@ -124,7 +117,7 @@ def _check(root: Path, report: CheckReport) -> None:
             report.source_ok = False
         finally:
             db.close()
-    if audit is not None:
+    if manifest is not None and audit is not None:
         if audit.damage:
             report.problems.append(f"{RECORDS}: SQLite finds damage: {'; '.join(audit.damage)}")
             report.source_ok = False
@@ -149,19 +142,15 @@ def _check_cache(root: Path, index_type: str, audit: Audit, report: CheckReport)
     generation, ids, vectors = audit.generation, audit.ids, audit.vectors
     healed = "the next open rebuilds it from the records (--repair does it now)"
     try:
-        meta = json.loads((root / SIDECAR).read_text(encoding="utf-8"))
+        meta = read_sidecar(root / SIDECAR)
     except FileNotFoundError:
         report.notes.append(f"{SIDECAR} is missing; {healed}")
         return
+    except IndexFormatError as exc:
+        report.problems.append(str(exc))
+        return
     except (OSError, ValueError) as exc:
         report.problems.append(f"{SIDECAR} is unreadable: {exc}")
-        return
-    if (
-        not isinstance(meta, dict)
-        or not isinstance(meta.get("generation"), int)
-        or not isinstance(meta.get("sha256"), str)
-    ):
-        report.problems.append(f"{SIDECAR} is not a {{generation, sha256}} record")
         return
     if meta["generation"] > generation:
         report.problems.append(

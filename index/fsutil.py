@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 TEMP_SUFFIX = ".tmp"
 
@@ -69,7 +70,7 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
-def _load_renameat2() -> ctypes._CFuncPtr | None:
+def _load_renameat2() -> Any:
     try:
         return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     except OSError:

@@ -104,7 +104,7 @@ _ROW_COLUMNS = (
 _INSERT = "INSERT INTO items(label, path, sha256, added_at, vector) VALUES (?, ?, ?, ?, ?)"
 
 
-def _chunks(values: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
+def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
 
@@ -295,20 +295,16 @@ class RecordDB:
             return self._delete(found)
 
     @_guarded
-    def delete_label(self, label: str) -> tuple[np.ndarray, int]:
-        """Delete every item of ``label``; returns their ids and the generation."""
+    def delete_where(self, column: str, value: str) -> tuple[list[Row], int]:
+        """Delete every item whose ``column`` ("label" or "path") is ``value``; returns them, by
+        id, and the generation."""
+        if column not in ("label", "path"):
+            raise ValueError(f"items are removed by label or path, not by {column!r}")
         with self._write() as conn:
-            return self._delete(
-                [r[0] for r in conn.execute("SELECT id FROM items WHERE label = ?", (label,))]
-            )
-
-    @_guarded
-    def delete_path(self, path: str) -> tuple[np.ndarray, int]:
-        """Delete every item recorded with ``path``; returns their ids and the generation."""
-        with self._write() as conn:
-            return self._delete(
-                [r[0] for r in conn.execute("SELECT id FROM items WHERE path = ?", (path,))]
-            )
+            sql = f"SELECT {_ROW_COLUMNS} FROM items WHERE {column} = ? ORDER BY id"
+            rows = [Row(*r) for r in conn.execute(sql, (value,))]
+            _, generation = self._delete([r.id for r in rows])
+        return rows, generation
 
     @_guarded
     def lookup(self, ids: Iterable[int]) -> dict[int, tuple[str, str]]:

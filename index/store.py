@@ -20,14 +20,15 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from index import backend
+from index.cache import FaissCache
 from index.errors import (
     IndexExistsError,
-    IndexFormatError,
     IndexStoreError,
     NotAnIndexError,
     VectorError,
 )
-from index.fsutil import atomic_write_bytes, is_temp_of
+from index.folder import MANIFEST, OWN_FILES, RECORDS, VECTORS, file_id, is_own, temp_files
+from index.fsutil import atomic_write_bytes
 from index.lock import DEFAULT_TIMEOUT, LOCK_FILE, writer_lock
 from index.manifest import Manifest, now_iso, read_manifest, write_manifest
 from index.plan import Layout, check_type, choose
@@ -35,14 +36,6 @@ from index.records import RecordDB, Row
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-RECORDS = "records.sqlite"
-VECTORS = "vectors.faiss"
-SIDECAR = "vectors.faiss.json"
-_OWN_FILES = frozenset(
-    {MANIFEST, RECORDS, f"{RECORDS}-wal", f"{RECORDS}-shm", f"{RECORDS}-journal", VECTORS, SIDECAR}
-)
-_ATOMIC_FILES = (MANIFEST, VECTORS, SIDECAR)
 NORM_TOLERANCE = 1e-3
 _OPEN_TRIES = 5
 
@@ -90,37 +83,6 @@ def _item(row: Row) -> Item:
     return Item(*row)
 
 
-def _is_own(entry: Path, extra: Collection[str] = ()) -> bool:
-    """Whether ``entry`` is a file an index writes (its own files, the ``extra`` files created
-    with it, or their temp files); the lock file is neither own nor foreign: it is never
-    removed, since a writer may hold it."""
-    if entry.is_dir():
-        return False
-    name = entry.name
-    return name in _OWN_FILES or name in extra or _is_temp(name, extra)
-
-
-def _is_temp(name: str, extra: Collection[str] = ()) -> bool:
-    return any(is_temp_of(name, n) for n in (*_ATOMIC_FILES, *extra))
-
-
-def temp_files(root: str | os.PathLike[str]) -> list[Path]:
-    """Temp files in an index folder: a writer's work in progress, or left by a killed one."""
-    try:
-        entries = sorted(Path(root).iterdir())
-    except FileNotFoundError:
-        return []
-    return [e for e in entries if _is_temp(e.name) and e.is_file()]
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _strings(values: Sequence[str], what: str, n: int) -> list[str]:
     if isinstance(values, (str, bytes)):
         raise TypeError(
@@ -166,13 +128,14 @@ class IndexStore:
         db: RecordDB,
         *,
         new: bool = False,
+        lazy: bool = False,
         lock_timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         self._mutex = threading.RLock()
         self._root = root
         self._manifest = manifest
         self._db: RecordDB | None = db
-        self._records_id = _file_id(root / RECORDS)
+        self._records_id = file_id(root / RECORDS)
         self._lock = writer_lock(root)
         self._lock_timeout = lock_timeout
         self._write_depth = 0
@@ -180,11 +143,12 @@ class IndexStore:
         self._cache_behind = False
         self._builder: Builder = backend.build_index
         self._index: Any = None
+        self._cache = FaissCache(root)
         self._generation = -1
         if new:
             self._rebuild_memory()
             self._save_cache(self._index, self._generation)
-        else:
+        elif not lazy:
             self._load()
 
     # --- life cycle -------------------------------------------------------------------------
@@ -222,7 +186,7 @@ class IndexStore:
             raise ValueError(f"model must be JSON-serialisable: {exc}") from exc
         files = dict(files or {})
         for name in files:
-            if name in _OWN_FILES or name in ("", ".", "..", LOCK_FILE) or Path(name).name != name:
+            if name in OWN_FILES or name in ("", ".", "..", LOCK_FILE) or Path(name).name != name:
                 raise ValueError(f"{name!r} cannot be a file beside an index")
         root = Path(path)
         cls._check_for_create(root, overwrite, files)
@@ -243,7 +207,7 @@ class IndexStore:
             except BaseException:
                 db.close()
                 for entry in root.iterdir():
-                    if _is_own(entry, files):
+                    if is_own(entry, files):
                         entry.unlink(missing_ok=True)
                 raise
         log.info("created index %s (dim %d)", root, dim)
@@ -261,8 +225,8 @@ class IndexStore:
                 f"{root} exists and is not a folder; cannot create an index there"
             )
         entries = sorted(e for e in root.iterdir() if e.name != LOCK_FILE)
-        own = [e for e in entries if _is_own(e, extra)]
-        foreign = [e.name for e in entries if not _is_own(e, extra)]
+        own = [e for e in entries if is_own(e, extra)]
+        foreign = [e.name for e in entries if not is_own(e, extra)]
         holds_index = (root / MANIFEST).is_file()
         if not holds_index and foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -279,10 +243,16 @@ class IndexStore:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, lock_timeout: float | None = DEFAULT_TIMEOUT
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        lock_timeout: float | None = DEFAULT_TIMEOUT,
+        lazy: bool = False,
     ) -> IndexStore:
         """The index at ``path``. NotAnIndexError if there is none, IndexFormatError if it is
-        unreadable or newer than this code.
+        unreadable or newer than this code. With ``lazy``, the FAISS index is read (or rebuilt)
+        at the first search or write, not now: what reads only the records (counts, look-ups)
+        never loads the vectors.
 
         Opening never waits for writers: the records are read in a snapshot (SQLite WAL). A
         write waits at most ``lock_timeout`` seconds (None: forever) for the writer lock.
@@ -296,17 +266,17 @@ class IndexStore:
         if missing:
             raise NotAnIndexError(f"{root} is not an index: it lacks {' and '.join(missing)}")
         for _ in range(_OPEN_TRIES):
-            before = (_file_id(root / MANIFEST), _file_id(root / RECORDS))
+            before = (file_id(root / MANIFEST), file_id(root / RECORDS))
             manifest = read_manifest(root / MANIFEST)
             db = RecordDB.open(root / RECORDS)
-            if (_file_id(root / MANIFEST), _file_id(root / RECORDS)) == before:
+            if (file_id(root / MANIFEST), file_id(root / RECORDS)) == before:
                 break
             # build-index swapped a new index in between: read that one whole
             db.close()
         else:
             raise IndexStoreError(f"{root} kept being replaced while it was opened; try again")
         try:
-            return cls(root, manifest, db, lock_timeout=lock_timeout)
+            return cls(root, manifest, db, lazy=lazy, lock_timeout=lock_timeout)
         except BaseException:
             db.close()
             raise
@@ -362,7 +332,8 @@ class IndexStore:
     @_serialised
     def layout(self) -> Layout:
         """The FAISS index in use: its type and, for IVF, its lists and lists searched."""
-        self._records()
+        if self._records().generation != self._generation:
+            self._load()
         return backend.layout(self._index)
 
     @_serialised
@@ -448,55 +419,20 @@ class IndexStore:
     def _replaced(self) -> bool:
         """Whether the folder now holds another index than the one this store opened (swapped
         in by ``build-index --force``): its files are then not this store's to read or write."""
-        return _file_id(self._root / RECORDS) != self._records_id
+        return file_id(self._root / RECORDS) != self._records_id
 
     def _read_cache(self, generation: int, count: int) -> Any:
-        sidecar, vectors = self._root / SIDECAR, self._root / VECTORS
+        """The cached FAISS index if it is this store's, current, and of the layout its count
+        calls for; else None (it is then rebuilt from the records)."""
         if self._replaced():
             log.info("%s now holds another index; rebuilding from the records opened", self._root)
             return None
-        try:
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            log.info("%s is missing; rebuilding %s", sidecar, vectors)
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("%s is unreadable (%s); rebuilding %s", sidecar, exc, vectors)
-            return None
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
-            log.warning("%s is not a valid cache record; rebuilding %s", sidecar, vectors)
-            return None
-        if meta.get("generation") != generation:
-            log.info(
-                "%s is stale (generation %s, records at %d); rebuilding it",
-                vectors,
-                meta.get("generation"),
-                generation,
-            )
-            return None
-        try:
-            index = backend.read_index(vectors, sha256=meta["sha256"])
-        except FileNotFoundError:
-            log.info("%s is missing; rebuilding it", vectors)
-            return None
-        except (OSError, IndexFormatError) as exc:
-            log.warning("%s cannot be used (%s); rebuilding it", vectors, exc)
-            return None
-        if backend.dim(index) != self.dim or backend.ntotal(index) != count:
-            log.warning(
-                "%s holds %d %d-d vectors, records hold %d %d-d; rebuilding it",
-                vectors,
-                backend.ntotal(index),
-                backend.dim(index),
-                count,
-                self.dim,
-            )
-            return None
-        if not self._fits(index, count):
+        index = self._cache.read(generation, count, self.dim)
+        if index is not None and not self._fits(index, count):
             log.info(
                 "%s holds the layout %s, not the one index type %r wants for %d vectors; "
                 "rebuilding it",
-                vectors,
+                self._cache.vectors,
                 backend.layout(index).to_json(),
                 self._manifest.index_type,
                 count,
@@ -504,20 +440,14 @@ class IndexStore:
             return None
         return index
 
-    def _write_cache(self, index: Any, generation: int) -> None:
-        """Rewrite the FAISS file, then its sidecar (each atomically); the writer lock is held."""
-        digest = backend.write_index(index, self._root / VECTORS)
-        record = {"generation": generation, "sha256": digest}
-        atomic_write_bytes(self._root / SIDECAR, json.dumps(record).encode("utf-8"))
-
     def _save_cache(self, index: Any, generation: int) -> None:
         """Rewrite the cache; a failure only costs a rebuild at the next open."""
         try:
-            self._write_cache(index, generation)
+            self._cache.write(index, generation)
         except (OSError, RuntimeError) as exc:
             log.warning(
                 "could not write %s (%s); it will be rebuilt when next opened",
-                self._root / VECTORS,
+                self._cache.vectors,
                 exc,
             )
 
@@ -539,7 +469,7 @@ class IndexStore:
         with self.writing():
             n = self._rebuild_memory()
             try:
-                self._write_cache(self._index, self._generation)
+                self._cache.write(self._index, self._generation)
             except (OSError, RuntimeError) as exc:
                 raise IndexStoreError(f"could not write {self._root / VECTORS}: {exc}") from exc
         return n
@@ -661,35 +591,40 @@ class IndexStore:
         log.debug("added %d items to %s", n, self._root)
         return ids
 
-    def _remove(self, delete: Callable[[], tuple[np.ndarray, int]]) -> int:
-        with self.writing():
-            ids, generation = delete()
-            if ids.size:
-                self._apply(generation, lambda index: backend.remove_ids(index, ids))
-                log.debug("removed %d items from %s", ids.size, self._root)
-        return int(ids.size)
-
     def remove_ids(self, ids: Iterable[int]) -> int:
         """Remove the items with these ids; returns how many existed."""
         db = self._records()
         wanted = _as_ids(ids)
         if not wanted.size:
             return 0
-        return self._remove(lambda: db.delete_ids(wanted.tolist()))
+        with self.writing():
+            gone, generation = db.delete_ids(wanted.tolist())
+            if gone.size:
+                self._apply(generation, lambda index: backend.remove_ids(index, gone))
+                log.debug("removed %d items from %s", gone.size, self._root)
+        return int(gone.size)
 
-    def remove_label(self, label: str) -> int:
-        """Remove every item of ``label``; returns how many there were."""
+    def remove_label(self, label: str) -> list[Item]:
+        """Remove every item of ``label``; returns them, by id."""
         if not isinstance(label, str):
             raise TypeError(f"label must be a string, not {type(label).__name__}")
-        db = self._records()
-        return self._remove(lambda: db.delete_label(label))
+        return self._remove_where("label", label)
 
-    def remove_path(self, path: str) -> int:
-        """Remove the item(s) recorded with exactly this path; returns how many there were."""
+    def remove_path(self, path: str) -> list[Item]:
+        """Remove the item(s) recorded with exactly this path; returns them, by id."""
         if not isinstance(path, str):
             raise TypeError(f"path must be a string, not {type(path).__name__}")
+        return self._remove_where("path", path)
+
+    def _remove_where(self, column: str, value: str) -> list[Item]:
         db = self._records()
-        return self._remove(lambda: db.delete_path(path))
+        with self.writing():
+            rows, generation = db.delete_where(column, value)
+            if rows:
+                ids = np.array([r.id for r in rows], dtype=np.int64)
+                self._apply(generation, lambda index: backend.remove_ids(index, ids))
+                log.debug("removed %d items from %s", ids.size, self._root)
+        return [_item(r) for r in rows]
 
     # --- reads ------------------------------------------------------------------------------
 

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index import INDEX_TYPES, IndexStore, backend
+from index import INDEX_TYPES, RECORDS, VECTORS, IndexStore, backend
 from index.plan import FLAT
-from index.store import RECORDS, VECTORS
 
 ROOT = Path(__file__).resolve().parents[1]
 CENTRES = 2000

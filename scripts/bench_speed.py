@@ -32,7 +32,6 @@ import torch
 from PIL import Image
 
 from retrieval.datasets.folders import Record
-from retrieval.engine.embed import Embedder
 from retrieval.engine.runtime import OnnxForward
 from retrieval.nets.export import export_onnx, sample_batch
 from retrieval.nets.model import LoadedModel, TorchForward, load_model
@@ -143,8 +142,7 @@ def int8(model: bytes, calibration: np.ndarray, work: Path) -> bytes:
 
 
 def recall_at_1(forward: Forward, loaded: LoadedModel, test: list[Record]) -> float:
-    pre, net = loaded.net.preprocess, loaded.net
-    emb = Embedder(forward, pre, net.dim, loaded.fingerprint, batch_size=BATCH)
+    emb = loaded.embedder(batch_size=BATCH, forward=forward, runtime="any")
     result = emb.embed_paths([r.path for r in test])
     labels = np.array([test[i].label for i in result.ok])
     return retrieval_metrics(result.vectors, labels)["recall_at_1"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from retrieval import service
+import retrieval
 from retrieval.datasets.folders import Record
 from retrieval.engine.runtime import ONNX_FILE, OnnxForward
 from retrieval.faces.cli import main
@@ -79,9 +79,9 @@ def test_index_carries_its_network(gallery: Path, tmp_path: Path):
     build_index(gallery, index, model="tiny")
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["model"]["onnx"]["file"] == ONNX_FILE and (index / ONNX_FILE).is_file()
-    assert service.check(index).ok
+    assert retrieval.check(index).ok
     (index / ONNX_FILE).write_bytes(b"damaged")
-    report = service.check(index)
+    report = retrieval.check(index)
     assert not report.ok and any(ONNX_FILE in p for p in report.problems)
 
 
@@ -117,8 +117,8 @@ def test_onnx_and_torch_indexes_give_the_same_answers(gallery: Path, tmp_path: P
     index = tmp_path / "idx"
     build_index(gallery, index, model="tiny")
     query = write_image(tmp_path / "q.png", COLORS["blue"], seed=8)
-    fast = service.query([query], index, k=4)[0].prediction
-    slow = service.query([query], index, k=4, model="tiny")[0].prediction
+    fast = retrieval.Retriever(index).query([query], k=4)[0]
+    slow = retrieval.Retriever(index, model="tiny").query([query], k=4)[0]
     assert [n.path for n in fast.neighbors] == [n.path for n in slow.neighbors]
     np.testing.assert_allclose(
         [n.score for n in fast.neighbors], [n.score for n in slow.neighbors], atol=1e-5

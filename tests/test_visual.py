@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval import service
+import retrieval
 from retrieval.config import ModelSpec
 from retrieval.engine.images import load_rgb
 from retrieval.faces.visual import (
@@ -134,7 +134,7 @@ def test_show_html_is_self_contained_with_query_neighbours_and_vote(built: Path,
     ]
     assert len(neighbours) == 3 and all(decode(f["src"]) for f in neighbours)
     assert all(f["class"] == "neighbor match" for f in neighbours)  # all red, like the vote
-    assert service.attention_maps([q], built) is None  # no attention module, no overlay
+    assert retrieval.Retriever(built).attention([q]) is None  # no attention module, no overlay
     (vote,) = page.votes
     assert vote["label"] == answer["label"] == "red"
     assert vote["detail"] == f"confidence {answer['confidence']:.2f}"
@@ -204,7 +204,7 @@ def test_attention_overlay_of_a_model_with_attention(gallery: Path, tmp_path: Pa
     plain = np.asarray(decode(query["src"]).convert("RGB"), dtype=float)
     shown = np.asarray(decode(attention["src"]).convert("RGB"), dtype=float)
     assert np.abs(shown - plain).mean() > 20
-    (maps,) = service.attention_maps([q], index)
+    (maps,) = retrieval.Retriever(index).attention([q])
     gates = np.asarray(
         Image.fromarray(maps.gates).resize((THUMB, THUMB), Image.Resampling.BILINEAR)
     )

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from index import backend
-from index.plan import Layout
-from retrieval.config import Preprocess
+from index import Layout, add_part, build_faiss, build_in_parts
 from retrieval.datasets.folders import Record
-from retrieval.engine.embed import Embedder, EmbedResult
+from retrieval.engine.embed import EmbedResult
+from retrieval.engine.network import ModelEntry
 from retrieval.engine.runtime import OnnxForward
 from retrieval.errors import InputError, ModelError, RetrieveError, require_extra
 from retrieval.indexing.build import BuildReport, Network, build_index
@@ -35,6 +34,14 @@ _NO_BOX = -1  # box column value of a record without a box
 def require_ray(flag: str = "--ray") -> None:
     """InputError unless Ray can be imported."""
     require_extra("ray", extra="ray", flag=flag, what="Ray")
+
+
+def quiet_ray() -> None:
+    """Ray's own log lines off stderr, but for errors: the command reports its progress."""
+    import ray.data  # noqa: F401  (it sets up its loggers when imported)
+
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -111,14 +118,11 @@ class _EmbedBatches:
         import ray
 
         (model,) = ray.get(onnx)  # a reference the driver holds: a restarted actor reads it too
-        self.embedder = Embedder(
+        self.embedder = ModelEntry.parse(entry, "the exported network's model entry").embedder(
             OnnxForward(model, threads=1, source="the exported network"),
-            Preprocess.from_dict(entry["preprocess"]),
-            int(entry["dim"]),
-            str(entry["fingerprint"]),
+            runtime="onnxruntime",
             batch_size=batch_size,
             num_workers=0,
-            runtime="onnxruntime",
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -130,13 +134,6 @@ class _EmbedBatches:
         reasons = dict(result.failures)
         errors = np.array([reasons.get(p, "") for p in paths], dtype=object)
         return {"row": batch["row"], "vector": vectors, "error": errors}
-
-
-def _add_part(blob: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """A Ray task: the trained empty index ``blob`` with these vectors added, serialised."""
-    index = backend.from_bytes(blob)
-    backend.add_with_ids(index, vectors, ids)
-    return backend.to_bytes(index)
 
 
 @dataclass
@@ -211,17 +208,15 @@ class RayEmbedding:
         order as when added in one go)."""
         pool = self._pool()
         if layout.type == "flat" or pool < 2:
-            return backend.build_index(layout, ids, vectors)
+            return build_faiss(layout, ids, vectors)
         import ray
 
-        index = backend.empty_index(layout, vectors)
-        blob = ray.put(backend.to_bytes(index))
-        task = ray.remote(num_cpus=1)(_add_part)
-        slices = np.array_split(np.arange(len(ids)), pool)
-        refs = [task.remote(blob, ids[s], vectors[s]) for s in slices if s.size]
-        for part in ray.get(refs):
-            backend.merge(index, backend.from_bytes(part))
-        return index
+        def run(blob: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+            task = ray.remote(num_cpus=1)(add_part)
+            shared = ray.put(blob)
+            return ray.get([task.remote(shared, part_ids, rows) for part_ids, rows in parts])
+
+        return build_in_parts(layout, ids, vectors, pool, run)
 
 
 def build_index_on_ray(

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from index import IndexStore
-from index.store import Hit
+from index import Hit, IndexStore
 from retrieval.cluster.distributed import connected, is_ray_error, ray_error_line
 from retrieval.errors import RetrieveError
 from retrieval.indexing.shards import merge_hits, own_neighbors
@@ -25,7 +24,7 @@ class _ShardServer:
     def __init__(self, folder: str) -> None:
         self.store = IndexStore.open(folder)
 
-    def neighbors(self, vector: np.ndarray, sha: str, k: int) -> list[Hit]:
+    def neighbors(self, vector: np.ndarray, sha: str | None, k: int) -> list[Hit]:
         return own_neighbors(self.store, vector, sha, k)
 
     def count(self) -> int:
@@ -54,13 +53,7 @@ class RayShards(contextlib.AbstractContextManager):
                 raise
             raise RetrieveError(f"a shard could not be served: {ray_error_line(exc)}") from exc
 
-    def counts(self) -> list[int]:
-        """Items each shard's actor holds now."""
-        import ray
-
-        return ray.get([a.count.remote() for a in self.actors])
-
-    def neighbors(self, vector: np.ndarray, sha: str, k: int) -> list[Hit]:
+    def neighbors(self, vector: np.ndarray, sha: str | None, k: int) -> list[Hit]:
         import ray
 
         try:

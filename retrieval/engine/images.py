@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Union
 
+import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from retrieval.errors import ImageError
+from retrieval.errors import ImageError, InputError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # A 50-megapixel photo is legitimate; a "decompression bomb" claims far more.
@@ -27,8 +30,15 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def load_rgb(path: str | Path, min_side: int | None = None, box: Box | None = None) -> Image.Image:
-    """Decode ``path`` to an upright RGB image, or to the region ``box`` of it.
+def load_rgb(
+    path: str | Path,
+    min_side: int | None = None,
+    box: Box | None = None,
+    *,
+    data: bytes | None = None,
+) -> Image.Image:
+    """Decode ``path`` (or ``data``, the bytes of an image file that errors call ``path``) to an
+    upright RGB image, or to the region ``box`` of it.
 
     ``box`` is (left, top, right, bottom) in pixels of the full-size upright image (after EXIF
     orientation), right and bottom exclusive; it is clamped to the image. With ``min_side``, JPEGs
@@ -37,7 +47,7 @@ def load_rgb(path: str | Path, min_side: int | None = None, box: Box | None = No
     """
     p = Path(path)
     with _image_errors(p):
-        img = Image.open(p)
+        img = Image.open(p if data is None else io.BytesIO(data))
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(
                 f"{p}: {img.width}x{img.height} image is over the limit of {MAX_PIXELS:,} pixels"
@@ -51,6 +61,53 @@ def load_rgb(path: str | Path, min_side: int | None = None, box: Box | None = No
         if region is not None:
             img = img.crop(_scaled(region, scale, img.size))
         return _to_rgb(img)
+
+
+ImageInput = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
+"""An image as a user gives it: a file path, the bytes of an image file, a PIL image, or an
+array of uint8 pixels (h, w), (h, w, 1), (h, w, 3) RGB or (h, w, 4) RGBA."""
+
+
+def decode_input(
+    image: ImageInput, name: str, min_side: int | None = None
+) -> tuple[Image.Image, str | None]:
+    """(the upright RGB image, the sha256 of its file's content, or None for an image given in
+    memory). A file is read once: its bytes give both. InputError naming ``name`` for a path
+    that is not a file or an array of another shape or type; ImageError for bytes or a file
+    that do not decode."""
+    if isinstance(image, Image.Image):
+        with _image_errors(Path(name)):
+            return _to_rgb(image), None
+    if isinstance(image, np.ndarray):
+        return _from_array(image, name), None
+    if isinstance(image, bytes):
+        return load_rgb(name, min_side, data=image), hashlib.sha256(image).hexdigest()
+    path = Path(image)
+    if not path.is_file():
+        why = "is not a regular file" if path.exists() else "does not exist"
+        raise InputError(f"query image {name} {why}")
+    with _image_errors(path):
+        data = path.read_bytes()
+    return load_rgb(name, min_side, data=data), hashlib.sha256(data).hexdigest()
+
+
+def _from_array(array: np.ndarray, name: str) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise InputError(f"{name}: an image array must be of uint8 pixels, not {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise InputError(
+            f"{name}: an image array must be (h, w), (h, w, 1), (h, w, 3) or (h, w, 4), "
+            f"not {array.shape}"
+        )
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise InputError(f"{name}: an image array must hold at least one pixel")
+    if array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise InputError(
+            f"{name}: {array.shape[1]}x{array.shape[0]} image is over the limit of {MAX_PIXELS:,} pixels"
+        )
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(array)))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -131,14 +188,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = img.point(lambda v: v / 256).convert("L")
     return img.convert("RGB")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def thumbnail_jpeg(path: str | Path, side: int = 160, quality: int = 85) -> bytes:

@@ -10,12 +10,11 @@ import hashlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from retrieval.config import Preprocess
 from retrieval.engine.embed import Embedder
+from retrieval.engine.network import ModelEntry
 from retrieval.errors import ModelError
 
 ONNX_FILE = "model.onnx"
@@ -56,18 +55,19 @@ def onnx_entry(model: bytes) -> dict[str, str]:
     return {"file": ONNX_FILE, "sha256": hashlib.sha256(model).hexdigest()}
 
 
-def read_index_onnx(index_dir: str | Path, model_entry: dict[str, Any]) -> bytes:
-    """The bytes of an index's exported network, checked against the sha256 of its manifest's
-    model entry before anything parses them. ModelError naming the file when they do not match."""
+def read_index_onnx(index_dir: str | Path, entry: ModelEntry) -> bytes:
+    """The bytes of an index's exported network, checked against the sha256 its model entry
+    records before anything parses them. ModelError naming the file when they do not match."""
     path = Path(index_dir) / ONNX_FILE
-    entry = model_entry.get("onnx")
-    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-        raise ModelError(f"{Path(index_dir) / 'manifest.json'}: bad model entry: onnx {entry!r}")
+    if entry.onnx_sha256 is None:
+        raise ModelError(
+            f"{Path(index_dir) / 'manifest.json'}: the model entry names no {ONNX_FILE}"
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"{path} cannot be read: {exc.strerror or exc}") from exc
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    if hashlib.sha256(data).hexdigest() != entry.onnx_sha256:
         raise ModelError(
             f"{path} does not have the sha256 its manifest records; rebuild the index with "
             "'retrieve build-index GALLERY --force'"
@@ -77,24 +77,14 @@ def read_index_onnx(index_dir: str | Path, model_entry: dict[str, Any]) -> bytes
 
 def index_embedder(
     index_dir: str | Path,
-    model_entry: dict[str, Any],
+    entry: ModelEntry,
     *,
     batch_size: int = 32,
     num_workers: int | None = None,
 ) -> Embedder:
     """The Embedder of an index's own exported network (see read_index_onnx)."""
-    try:
-        preprocess = Preprocess.from_dict(model_entry["preprocess"])
-        dim, fingerprint = int(model_entry["dim"]), str(model_entry["fingerprint"])
-    except (TypeError, KeyError, ValueError) as exc:
-        raise ModelError(f"{Path(index_dir) / 'manifest.json'}: bad model entry: {exc}") from exc
-    data = read_index_onnx(index_dir, model_entry)
-    return Embedder(
-        OnnxForward(data, source=str(Path(index_dir) / ONNX_FILE)),
-        preprocess,
-        dim,
-        fingerprint,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        runtime="onnxruntime",
+    data = read_index_onnx(index_dir, entry)
+    forward = OnnxForward(data, source=str(Path(index_dir) / ONNX_FILE))
+    return entry.embedder(
+        forward, runtime="onnxruntime", batch_size=batch_size, num_workers=num_workers
     )

@@ -1,4 +1,5 @@
-"""The ``retrieve`` command: parse flags, call the service, print text or JSON, map errors to exits."""
+"""The ``retrieve`` command: parse flags, call the public API (retrieval.api), print text or JSON,
+map errors to exits."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from index.plan import AUTO_IVF_ABOVE, INDEX_TYPES
+from index import AUTO_IVF_ABOVE, INDEX_TYPES
 from retrieval.config import INDEX_ENV, TrainConfig, default_index_dir
 
 if TYPE_CHECKING:
-    from retrieval.service import QueryResult
+    from retrieval.results import Answer
 
 EXIT_ERROR = 1
 
@@ -69,14 +70,12 @@ def _ray_option(what: str):
     )
 
 
-def _quiet_ray() -> None:
-    """Ray's own log lines off stderr, but for errors: the command reports its progress."""
-    import logging
+def _ray_ready() -> None:
+    """InputError unless Ray is installed; Ray's own log lines off stderr but for errors."""
+    from retrieval.cluster.distributed import quiet_ray, require_ray
 
-    import ray.data  # noqa: F401  (it sets up its loggers when imported)
-
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    require_ray()
+    quiet_ray()
 
 
 def _dataset_options(f):
@@ -131,7 +130,7 @@ class _Group(click.Group):
     """Turns the library's typed errors into one line on stderr and a non-zero exit."""
 
     def invoke(self, ctx: click.Context):
-        from index.errors import IndexStoreError
+        from index import IndexStoreError
         from retrieval.errors import RetrieveError
 
         try:
@@ -203,30 +202,26 @@ def build_index_cmd(
 ) -> None:
     """Index GALLERY: one sub-folder per label (images at any depth below it), or a benchmark
     in its official layout (CUB-200-2011, Flowers-102, Stanford Cars, FGVC-Aircraft)."""
-    from retrieval.indexing.build import build_index
+    import retrieval
 
-    options = {
-        "model": model,
-        "weights": weights,
-        "batch_size": batch_size,
-        "force": force,
-        "dataset": dataset,
-        "index_type": index_type,
-        "shards": shards,
-        "progress": _bar,
-    }
     if ray_address is not None:
-        from retrieval.cluster.distributed import build_index_on_ray, require_ray
-
-        require_ray()
-        _quiet_ray()
-        report = build_index_on_ray(
-            gallery, index_dir, address=ray_address, workers=workers, **options
-        )
+        _ray_ready()
     elif workers is not None:
         raise click.UsageError("--workers needs --ray")
-    else:
-        report = build_index(gallery, index_dir, **options)
+    report = retrieval.build(
+        gallery,
+        index_dir,
+        model=model,
+        weights=weights,
+        batch_size=batch_size,
+        force=force,
+        dataset=dataset,
+        index_type=index_type,
+        shards=shards,
+        ray=ray_address,
+        workers=workers,
+        progress=_bar,
+    )
     _warn_skipped(report.skipped, "unreadable or non-image files")
     _warn_skipped(report.duplicates, "duplicate images")
     if report.resumed:
@@ -298,42 +293,34 @@ def query_cmd(
 ) -> None:
     """Say what each IMAGE is, from its nearest gallery images. IMAGE '-' reads paths from
     stdin, one per line, and answers each as it comes."""
-    from retrieval import service
+    import retrieval
 
     if show is not None:
         from retrieval.faces.visual import check_show_target
 
         check_show_target(show)
     if ray_address is not None:
-        from retrieval.cluster.distributed import require_ray
-
-        require_ray()
-        _quiet_ray()
-    options = {
-        "k": k,
-        "min_score": min_score,
-        "method": method,
-        "model": model,
-        "ray_address": ray_address,
-    }
-    if images == (Path("-"),):
-        paths = (line.rstrip("\r\n") for line in sys.stdin)
-        results = service.query_stream((p for p in paths if p), index_dir, **options)
-    else:
-        results = iter(service.query(list(images), index_dir, progress=_bar, **options))
-    seconds = []
-    answered = []
-    for r in results:
-        seconds.append(r.seconds)
-        _show_answer(r, min_score, as_json)
+        _ray_ready()
+    options = {"k": k, "min_score": min_score, "vote": method}
+    with retrieval.Retriever(index_dir, model=model, ray=ray_address) as r:
+        if images == (Path("-"),):
+            paths = (line.rstrip("\r\n") for line in sys.stdin)
+            answers = r.query_stream((p for p in paths if p), **options)
+        else:
+            answers = iter(r.query(list(images), progress=_bar, **options))
+        seconds = []
+        answered = []
+        for a in answers:
+            seconds.append(a.seconds)
+            _show_answer(a, min_score, as_json)
+            if show is not None:
+                answered.append(a)
         if show is not None:
-            answered.append(r)
-    if show is not None:
-        from retrieval.faces.visual import write_answer
+            from retrieval.faces.visual import write_answer
 
-        maps = service.attention_maps([r.query for r in answered], index_dir, model=model)
-        write_answer(show, answered, maps, min_score=min_score)
-        click.echo(f"wrote {show}", err=True)
+            maps = r.attention([a.query for a in answered])
+            write_answer(show, answered, maps, min_score=min_score)
+            click.echo(f"wrote {show}", err=True)
     if timing and seconds:
         import numpy as np
 
@@ -341,16 +328,15 @@ def query_cmd(
         click.echo(f"{len(seconds)} images: p50 {p50:.1f} ms, p95 {p95:.1f} ms per image", err=True)
 
 
-def _show_answer(r: QueryResult, min_score: float, as_json: bool) -> None:
+def _show_answer(p: Answer, min_score: float, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(r.to_json(), ensure_ascii=False))
+        click.echo(json.dumps(p.to_json(), ensure_ascii=False))
         return
-    p = r.prediction
     if p.label is None:
         best = f"best score {p.neighbors[0].score:.3f}" if p.neighbors else "empty index"
-        click.echo(f"{r.query}: unknown ({best} < --min-score {min_score:g})")
+        click.echo(f"{p.query}: unknown ({best} < --min-score {min_score:g})")
     else:
-        click.echo(f"{r.query}: {p.label}  (confidence {p.confidence:.2f})")
+        click.echo(f"{p.query}: {p.label}  (confidence {p.confidence:.2f})")
     for n in p.neighbors:
         click.echo(f"    {n.score:.3f}  {n.label}  {n.path}")
 
@@ -362,9 +348,10 @@ def _show_answer(r: QueryResult, min_score: float, as_json: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 def enroll_cmd(label: str, inputs: tuple[Path, ...], index_dir: Path, batch_size: int) -> None:
     """Add images (files or folders) under LABEL, a new or an existing one. No retraining."""
-    from retrieval import service
+    import retrieval
 
-    report = service.enroll(label, list(inputs), index_dir, batch_size=batch_size, progress=_bar)
+    with retrieval.Retriever(index_dir, batch_size=batch_size) as r:
+        report = r.enroll(label, list(inputs), progress=_bar)
     _warn_skipped(report.skipped, "unreadable or non-image files")
     for path, reason in report.duplicates:
         click.echo(f"already indexed: {path} ({reason})", err=True)
@@ -380,11 +367,12 @@ def enroll_cmd(label: str, inputs: tuple[Path, ...], index_dir: Path, batch_size
 @click.option("--path", default=None, help="Remove the item(s) indexed from this file path.")
 def remove_cmd(index_dir: Path, label: str | None, path: str | None) -> None:
     """Remove a whole label or one image from the index."""
-    from retrieval import service
+    import retrieval
 
     if (label is None) == (path is None):
         raise click.UsageError("give exactly one of --label or --path")
-    n = service.remove(index_dir, label=label, path=path)
+    with retrieval.Retriever(index_dir) as r:
+        n = len(r.remove(label=label, path=path))
     click.echo(f"removed {n} item{'s' if n != 1 else ''}")
 
 
@@ -393,9 +381,10 @@ def remove_cmd(index_dir: Path, label: str | None, path: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def info_cmd(index_dir: Path, as_json: bool) -> None:
     """Show what an index holds."""
-    from retrieval import service
+    import retrieval
 
-    i = service.info(index_dir)
+    with retrieval.Retriever(index_dir) as r:
+        i = r.info()
     if as_json:
         click.echo(json.dumps(i.to_json(), ensure_ascii=False))
         return
@@ -423,9 +412,9 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
     """Verify that an index's manifest, records, FAISS file and sidecar agree (exit 1 if not)."""
-    from retrieval import service
+    import retrieval
 
-    report = service.check(index_dir, repair=repair)
+    report = retrieval.check(index_dir, repair=repair)
     if as_json:
         click.echo(json.dumps(report.to_json(), ensure_ascii=False))
     else:
@@ -577,13 +566,13 @@ def evaluate_cmd(
 ) -> None:
     """Recall@K and MAP@R (leave-one-out) and the 1/5/10-shot enrolment curve on DATA_DIR (one
     sub-folder per class, or a benchmark in its official layout)."""
-    from retrieval import service
+    import retrieval
 
     if report_dir is not None:
         from retrieval.faces.report import check_report_dir
 
         check_report_dir(report_dir)
-    done = service.evaluate(
+    done = retrieval.evaluate(
         data_dir, model=model, batch_size=batch_size, seed=seed, dataset=dataset, progress=_bar
     )
     _warn_skipped(done.skipped, "unreadable or non-image files")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from index.fsutil import atomic_write_bytes
+from index import atomic_write_bytes
 from retrieval.errors import InputError, require_extra
 from retrieval.faces.visual import data_uri, html_page, jpeg_uri, load_thumbnail, writable_folder
 from retrieval.training.metrics import Confusion, confusions, neighbors_leave_one_out, recall_curve

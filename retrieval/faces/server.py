@@ -1,27 +1,20 @@
-"""The HTTP service of ``retrieve serve``: the use cases of service.py over HTTP, and a web page.
+"""The HTTP service of ``retrieve serve``: the public API (a Retriever) over HTTP, and a web page.
 
 The index and its network are opened once, when the app is made, and shared by every request:
-IndexStore serialises its own calls between threads (one search or write at a time), while
+each store serialises its own calls between threads (one search or write at a time), while
 images are decoded and embedded in the requests' threads side by side. Writes by other processes
 (a ``retrieve enroll`` in another terminal) are seen by the next query: the store compares its
 generation with the records' on every search.
 
 Photos enrolled through the service are kept in ``INDEX/uploads/<sha256 prefix>/<name>`` (the
-path the index records for them); a photo to classify lives in a temp file only while it is
-embedded.
+path the index records for them); a photo to classify is decoded from the request's bytes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import re
-import shutil
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,111 +25,57 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from index import IndexStore, Item
-from index.errors import IndexLockedError, IndexStoreError
-from index.fsutil import atomic_write_bytes
-from retrieval import service
+from index import IndexLockedError, IndexStoreError, Item
+from retrieval.api import Retriever
 from retrieval.datasets.folders import validate_label
-from retrieval.engine.embed import Embedder
 from retrieval.engine.images import thumbnail_jpeg
 from retrieval.errors import ImageError, InputError, RetrieveError
+from retrieval.indexing import uploads
 from retrieval.indexing.ingest import CHUNK
+from retrieval.results import Answer
 
-UPLOADS = "uploads"
 THUMB_SIDE = 160
 DEFAULT_MAX_UPLOAD_MB = 32
 MAX_FILES = CHUNK  # one enrolment request is one commit: all of it or nothing
-_UNSAFE = re.compile(r"[^\w.\- ]+")
-
-
-@dataclass
-class _Stored:
-    """An uploaded photo written under INDEX/uploads for enrolment."""
-
-    name: str  # as uploaded
-    path: Path
-    created: bool  # by this request (False: the same content and name were there already)
-
-
-def _safe_name(filename: str | None) -> str:
-    """The upload's base name with anything but letters, digits, ``.-_`` and spaces replaced."""
-    name = _UNSAFE.sub("_", Path(filename or "").name).strip(" .")
-    return name[:120] or "upload"
 
 
 class Gallery:
-    """The open index and its embedder, loaded once (again only when ``build-index --force``
-    has put another index in the folder); the use cases a request calls."""
+    """The index opened once (a Retriever, its network loaded at start-up); what a request
+    calls."""
 
     def __init__(self, index_dir: str | Path) -> None:
         self.index_dir = Path(index_dir)
-        self._opened = self._open()
-        self.uploads = self.index_dir.resolve() / UPLOADS
+        self.retriever = Retriever(index_dir).load()
         # Held by a request that adds or deletes files under uploads/ from before it changes the
         # index until its files match it, so that no other one deletes a file it records.
         self._uploads_lock = threading.Lock()
-        self._reopening = threading.Lock()
-
-    def _open(self) -> tuple[IndexStore, Embedder]:
-        store = IndexStore.open(self.index_dir)
-        try:
-            return store, service.embedder_for(store)
-        except BaseException:
-            store.close()
-            raise
-
-    def current(self) -> tuple[IndexStore, Embedder]:
-        """The open index and its embedder; reopened if the folder now holds another index.
-        The one replaced is left to requests still using it (it closes when they are done)."""
-        if self._opened[0].replaced:
-            with self._reopening:
-                if self._opened[0].replaced:
-                    self._opened = self._open()
-        return self._opened
 
     def close(self) -> None:
-        self._opened[0].close()
+        self.retriever.close()
 
-    def query(
-        self, upload: UploadFile, *, k: int, min_score: float, method: str
-    ) -> service.QueryResult:
+    def query(self, upload: UploadFile, *, k: int, min_score: float, method: str) -> Answer:
         name = upload.filename or "upload"
-        store, embedder = self.current()
-        with tempfile.NamedTemporaryFile(prefix="retrieve-query-", suffix=Path(name).suffix) as f:
-            shutil.copyfileobj(upload.file, f)
-            f.flush()
-            return service.answer(
-                store,
-                embedder,
-                f.name,
-                name=name,
-                k=k,
-                min_score=min_score,
-                method=method,
-            )
+        data = upload.file.read()
+        return self.retriever.answer(data, name=name, k=k, min_score=min_score, vote=method)
 
-    def enroll(self, label: str, uploads: Sequence[UploadFile]) -> dict[str, Any]:
+    def enroll(self, label: str, files: Sequence[UploadFile]) -> dict[str, Any]:
         """Enrol the uploaded photos under ``label`` (the rules of ``retrieve enroll``); the
         photos that are not added (unreadable, already indexed) are not kept."""
         validate_label(label)
-        if len(uploads) > MAX_FILES:
-            raise InputError(f"{len(uploads)} files in one request; send at most {MAX_FILES}")
+        if len(files) > MAX_FILES:
+            raise InputError(f"{len(files)} files in one request; send at most {MAX_FILES}")
         with self._uploads_lock:
-            stored: list[_Stored] = []
+            stored: list[uploads.Stored] = []
             report = None
             try:
-                for upload in uploads:
-                    stored.append(self._store_upload(upload))
-                report = service.enroll_into(*self.current(), label, [s.path for s in stored])
+                for f in files:
+                    stored.append(uploads.store(self.index_dir, f.filename, f.file.read()))
+                report = self.retriever.enroll_files(label, [s.path for s in stored])
             finally:
-                added = set() if report is None else set(report.added)
-                for s in stored:
-                    if s.created and str(s.path) not in added:
-                        s.path.unlink(missing_ok=True)
-                        _remove_empty(s.path.parent)
+                uploads.discard(stored, report.added if report else ())
         names = {str(s.path): s.name for s in stored}
 
-        def entries(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+        def entries(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
             return [
                 {"file": names.get(p, p), "reason": reason.replace(p, names.get(p, p))}
                 for p, reason in pairs
@@ -150,54 +89,32 @@ class Gallery:
             "count": report.total_for_label,
         }
 
-    def _store_upload(self, upload: UploadFile) -> _Stored:
-        data = upload.file.read()
-        name = _safe_name(upload.filename)
-        path = self.uploads / hashlib.sha256(data).hexdigest()[:16] / name
-        if path.is_file():
-            return _Stored(upload.filename or name, path, created=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
-        return _Stored(upload.filename or name, path, created=True)
-
     def remove(self, *, label: str | None, path: str | None) -> list[Item]:
         """Remove a label or the item(s) at a path; photos enrolled through the service go
         from INDEX/uploads with their items."""
         with self._uploads_lock:
-            gone = service.remove_from(self.current()[0], label=label, path=path)
-            for item in gone:
-                file = Path(item.path)
-                if file.parent.parent == self.uploads:
-                    file.unlink(missing_ok=True)
-                    _remove_empty(file.parent)
-        return gone
+            return self.retriever.remove(label=label, path=path)
 
     def thumbnail(self, item_id: int) -> bytes:
-        store = self.current()[0]
-        found = store.items([item_id])
+        found = self.retriever.items([item_id])
         if not found:
-            raise HTTPException(404, f"no item with id {item_id} in {store.path}")
+            raise HTTPException(404, f"no item with id {item_id} in {self.index_dir}")
         try:
             return thumbnail_jpeg(found[0].path, THUMB_SIDE)
         except ImageError as exc:
             raise HTTPException(404, f"item {item_id}: {exc}") from exc
 
     def labels(self) -> dict[str, int]:
-        return self.current()[0].label_counts()
+        return self.retriever.labels()
 
     def health(self) -> dict[str, Any]:
-        store = self.current()[0]
+        info = self.retriever.info()
         return {
             "ok": True,
-            "count": len(store),
-            "model": store.model.get("name", "?"),
-            "index": str(store.path.resolve()),
+            "count": info.count,
+            "model": info.model,
+            "index": str(self.index_dir.resolve()),
         }
-
-
-def _remove_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not empty: a photo of the same content is kept there
-        folder.rmdir()
 
 
 def _web_root() -> Path:

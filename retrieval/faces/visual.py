@@ -16,10 +16,11 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from index.fsutil import atomic_write_bytes
-from retrieval.engine.classify import Prediction
+from index import atomic_write_bytes
+from retrieval.engine.classify import Neighbor
 from retrieval.engine.images import load_rgb
 from retrieval.errors import ImageError, InputError
+from retrieval.results import AttentionMap
 
 SHOW_SUFFIXES = (".html", ".png")
 THUMB = 160  # side of a thumbnail, pixels
@@ -40,19 +41,19 @@ _HEAT = np.array(
 
 
 class Answered(Protocol):
-    """What a query answered (service.QueryResult has this shape)."""
+    """What a query answered (retrieval.results.Answer has this shape)."""
 
-    query: str
-    prediction: Prediction
+    @property
+    def query(self) -> str: ...
 
+    @property
+    def label(self) -> str | None: ...
 
-@dataclass(frozen=True)
-class AttentionMap:
-    """A model's spatial attention gates (h, w) over the part of the query image it saw:
-    ``box`` = (left, top, right, bottom) as fractions of the image's width and height."""
+    @property
+    def confidence(self) -> float: ...
 
-    gates: np.ndarray
-    box: tuple[float, float, float, float]
+    @property
+    def neighbors(self) -> Sequence[Neighbor]: ...
 
 
 def writable_folder(folder: Path) -> bool:
@@ -166,7 +167,7 @@ class _Cell:
     path: str  # shown on hover in HTML
 
 
-def _vote_lines(p: Prediction, min_score: float) -> tuple[str, str]:
+def _vote_lines(p: Answered, min_score: float) -> tuple[str, str]:
     if p.label is None:
         best = f"best score {p.neighbors[0].score:.3f} < {min_score:g}" if p.neighbors else ""
         return "unknown", best or "empty index"
@@ -186,7 +187,7 @@ def _cells(result: Answered, attention: AttentionMap | None) -> tuple[list[_Cell
         query.append(
             _Cell(thumbnail(overlay(photo, attention)), "attention", "blue low, red high", "", "")
         )
-    voted = result.prediction.label
+    voted = result.label
     neighbours = [
         _Cell(
             load_thumbnail(n.path),
@@ -195,7 +196,7 @@ def _cells(result: Answered, attention: AttentionMap | None) -> tuple[list[_Cell
             "" if voted is None else "match" if n.label == voted else "other",
             n.path,
         )
-        for n in result.prediction.neighbors
+        for n in result.neighbors
     ]
     return query, neighbours
 
@@ -211,8 +212,8 @@ def render_html(
     sections = []
     for i, r in enumerate(results):
         query, neighbours = _cells(r, attention[i] if attention else None)
-        label, detail = _vote_lines(r.prediction, min_score)
-        unknown = " unknown" if r.prediction.label is None else ""
+        label, detail = _vote_lines(r, min_score)
+        unknown = " unknown" if r.label is None else ""
         parts = [_html_figure(c, "query" if j == 0 else "attention") for j, c in enumerate(query)]
         parts.append(
             f'<div class="vote{unknown}"><div class="label">{html.escape(label)}</div>'
@@ -259,8 +260,8 @@ def render_png(
         for cell in query:
             _draw_cell(sheet, draw, font, cell, x, top)
             x += THUMB + PAD
-        label, detail = _vote_lines(r.prediction, min_score)
-        colour = GREY if r.prediction.label is None else (0, 0, 0)
+        label, detail = _vote_lines(r, min_score)
+        colour = GREY if r.label is None else (0, 0, 0)
         # A long label gets the smaller font before it is cut short.
         face = big if draw.textlength(label, font=big) <= PANEL - PAD else font
         draw.text((x, top + THUMB // 3), _fit(draw, label, face, PANEL - PAD), colour, face)

@@ -17,11 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from index import IndexStore
-from index.errors import IndexExistsError, IndexLockedError, IndexStoreError
-from index.fsutil import aside_name, exchange
-from index.lock import LOCK_FILE, writer_lock
-from index.store import Builder
+from index import (
+    LOCK_FILE,
+    Builder,
+    IndexExistsError,
+    IndexLockedError,
+    IndexStore,
+    IndexStoreError,
+    aside_name,
+    exchange,
+    writer_lock,
+)
 from retrieval.datasets import DatasetOptions
 from retrieval.datasets.folders import Record
 from retrieval.engine.embed import Embedder, EmbedResult

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from index import IndexStore
+from index import IndexStore, sha256_file
 from retrieval.datasets.folders import Record
 from retrieval.engine.embed import Embedder, EmbedResult
-from retrieval.engine.images import sha256_file
 from retrieval.progress import ProgressFactory
 
 CHUNK = 256  # images per commit of build-index and enroll (rounded up to whole batches)

@@ -14,11 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from index import IndexStore
-from index.errors import IndexFormatError
-from index.fsutil import atomic_write_bytes
-from index.records import RecordDB
-from index.store import RECORDS, Hit, Item
+from index import Hit, IndexFormatError, IndexStore, Item, atomic_write_bytes
 
 SHARDS_FILE = "shards.json"
 FORMAT_VERSION = 1
@@ -59,36 +55,27 @@ def shard_dirs(root: str | Path) -> list[Path]:
     return [Path(root) / n for n in names]
 
 
-def _records(folder: Path) -> contextlib.closing[RecordDB]:
-    return contextlib.closing(RecordDB.open(folder / RECORDS))
-
-
-def smallest(dirs: Sequence[Path]) -> Path:
+def smallest(stores: Sequence[IndexStore]) -> IndexStore:
     """The shard holding the fewest items (the first of those): enrolment goes there, so that
-    the shards stay balanced. Reads only the records, not the vectors."""
-    sizes = []
-    for d in dirs:
-        with _records(d) as db:
-            sizes.append(db.count())
-    return dirs[sizes.index(min(sizes))]
+    the shards stay balanced."""
+    sizes = [len(s) for s in stores]
+    return stores[sizes.index(min(sizes))]
 
 
-def find_content(dirs: Sequence[Path], sha256s: Sequence[str]) -> dict[str, Item]:
+def find_content(stores: Sequence[IndexStore], sha256s: Sequence[str]) -> dict[str, Item]:
     """The item holding each of these content hashes in any of the shards (the first shard's
-    if several). Reads only the records."""
+    if several)."""
     found: dict[str, Item] = {}
-    for d in reversed(dirs):
-        with _records(d) as db:
-            found.update({sha: Item(*row) for sha, row in db.find_sha256(sha256s).items()})
+    for store in reversed(stores):
+        found.update(store.find_sha256(sha256s))
     return found
 
 
-def label_counts(dirs: Sequence[Path]) -> dict[str, int]:
-    """Items per label over all the shards, sorted by label. Reads only the records."""
+def label_counts(stores: Sequence[IndexStore]) -> dict[str, int]:
+    """Items per label over all the shards, sorted by label."""
     total: Counter[str] = Counter()
-    for d in dirs:
-        with _records(d) as db:
-            total.update(db.label_counts())
+    for store in stores:
+        total.update(store.label_counts())
     return dict(sorted(total.items()))
 
 
@@ -97,10 +84,11 @@ def deal(n: int, shards: int) -> list[list[int]]:
     return [list(range(i, n, shards)) for i in range(shards)]
 
 
-def own_neighbors(store: IndexStore, vector: np.ndarray, sha: str, k: int) -> list[Hit]:
+def own_neighbors(store: IndexStore, vector: np.ndarray, sha: str | None, k: int) -> list[Hit]:
     """The ``k`` nearest items of one query row (1, d), the item with the query's own content
-    (sha256 ``sha``) left out: a photo does not vote for itself."""
-    same = store.find_sha256([sha]).get(sha)
+    (sha256 ``sha``; None for an image given in memory) left out: a photo does not vote for
+    itself."""
+    same = None if sha is None else store.find_sha256([sha]).get(sha)
     (row,) = store.search(vector, k + (same is not None))
     return [h for h in row if same is None or h.id != same.id][:k]
 
@@ -117,7 +105,7 @@ class ShardSearch(Protocol):
     """Searches every shard of an index for one query and merges the best k (see
     own_neighbors and merge_hits); a context manager that releases the shards."""
 
-    def neighbors(self, vector: np.ndarray, sha: str, k: int) -> list[Hit]: ...
+    def neighbors(self, vector: np.ndarray, sha: str | None, k: int) -> list[Hit]: ...
 
     def __enter__(self) -> ShardSearch: ...
 
@@ -125,23 +113,14 @@ class ShardSearch(Protocol):
 
 
 class LocalShards(contextlib.AbstractContextManager):
-    """Every shard of a sharded index opened in this process; ``neighbors`` fans out in turn."""
+    """Every shard of an index as an open store in this process; ``neighbors`` fans out in
+    turn."""
 
-    def __init__(self, dirs: Sequence[Path]) -> None:
-        self.stores: list[IndexStore] = []
-        try:
-            for d in dirs:
-                self.stores.append(IndexStore.open(d))
-        except BaseException:
-            self.close()
-            raise
+    def __init__(self, stores: Sequence[IndexStore]) -> None:
+        self.stores = list(stores)
 
-    def neighbors(self, vector: np.ndarray, sha: str, k: int) -> list[Hit]:
+    def neighbors(self, vector: np.ndarray, sha: str | None, k: int) -> list[Hit]:
         return merge_hits([own_neighbors(s, vector, sha, k) for s in self.stores], k)
 
-    def close(self) -> None:
-        for s in self.stores:
-            s.close()
-
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        return None

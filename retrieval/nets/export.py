@@ -92,13 +92,10 @@ def fast_embedder(
             TOLERANCE,
         )
         return loaded.embedder(batch_size=batch_size, num_workers=num_workers), None
-    embedder = Embedder(
-        OnnxForward(model),
-        loaded.net.preprocess,
-        loaded.net.dim,
-        loaded.fingerprint,
+    embedder = loaded.embedder(
         batch_size=batch_size,
         num_workers=num_workers,
+        forward=OnnxForward(model),
         runtime="onnxruntime",
     )
     return embedder, model

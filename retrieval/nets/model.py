@@ -11,10 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from retrieval.config import ModelSpec, Preprocess
-from retrieval.engine.embed import Embedder
+from retrieval.engine.embed import Embedder, Forward
+from retrieval.engine.network import ModelEntry
+from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import ModelError
 from retrieval.nets.attention import CBAM
 from retrieval.nets.backbones import Backbone, backbone_names, create_backbone
@@ -122,16 +125,26 @@ class LoadedModel:
     source: dict[str, Any]
     fingerprint: str
 
-    def embedder(self, *, batch_size: int = 32, num_workers: int | None = None) -> Embedder:
-        """An Embedder running this network in torch (eval mode, channels-last)."""
-        return Embedder(
-            TorchForward(self.net),
-            self.net.preprocess,
-            self.net.dim,
-            self.fingerprint,
+    @property
+    def entry(self) -> ModelEntry:
+        """The model entry an index built with this network records (see describe)."""
+        return ModelEntry.parse(self.describe(), self.name)
+
+    def embedder(
+        self,
+        *,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        forward: Forward | None = None,
+        runtime: str = "torch",
+    ) -> Embedder:
+        """An Embedder running this network in torch (eval mode, channels-last), or with
+        ``forward``, e.g. its ONNX export on ONNX Runtime."""
+        return self.entry.embedder(
+            forward or TorchForward(self.net),
+            runtime=runtime,
             batch_size=batch_size,
             num_workers=num_workers,
-            runtime="torch",
         )
 
     def describe(self) -> dict[str, Any]:
@@ -144,6 +157,16 @@ class LoadedModel:
             "dim": self.net.dim,
             "fingerprint": self.fingerprint,
         }
+
+
+def attention_gates(
+    loaded: LoadedModel, image: Image.Image
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The spatial attention gates (h, w) of a model with attention over an RGB image, and the
+    part of the image the network sees (left, top, right, bottom, as fractions)."""
+    transform = EvalTransform(loaded.net.preprocess)
+    gates = loaded.net.spatial_attention(torch.from_numpy(transform(image)[None]))
+    return gates[0].numpy(), transform.crop_box(image.size)
 
 
 def fingerprint(net: EmbeddingNet) -> str:

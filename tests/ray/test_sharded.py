@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval import service
-from retrieval.cluster.shard_actors import RayShards
-from retrieval.engine.images import sha256_file
+import retrieval
 from retrieval.indexing.shards import SHARDS_FILE, shard_dirs
 
 from ..reliability.conftest import write_images
@@ -52,20 +50,17 @@ def test_enrolment_goes_to_the_smallest_shard_and_is_seen_next_query(
 ):
     new = write_images(tmp_path / "new", 5, (10, 10, 10), seed=7)
     probe = new.pop()
-    source = service.IndexModel.read(shard_dirs(sharded)[0])
-    embedder = service.embedder_for(source, batch_size=1)
-    vector = embedder.embed_paths([probe]).vectors
-    with RayShards(shard_dirs(sharded), "") as shards:
-        before = shards.neighbors(vector, sha256_file(probe), 3)
-        assert all(h.label != "dark" for h in before)
-        report = service.enroll("dark", new[:3], sharded)
+    with retrieval.Retriever(sharded, ray="") as served, retrieval.Retriever(sharded) as writer:
+        before = served.answer(probe, k=3).neighbors
+        assert all(n.label != "dark" for n in before)
+        report = writer.enroll("dark", new[:3])
         assert len(report.added) == 3 and report.total_for_label == 3
-        assert shards.counts() == [27, 24, 24]  # all were 24: the first smallest one
-        after = shards.neighbors(vector, sha256_file(probe), 3)
-        assert [h.label for h in after] == ["dark"] * 3
-        service.enroll("dark", new[3:], sharded)
-        assert shards.counts() == [27, 25, 24]
-    again = service.enroll("dark", [new[0]], sharded)  # content of another shard: skipped
+        assert shard_sizes(sharded) == [27, 24, 24]  # all were 24: the first smallest one
+        after = served.answer(probe, k=3).neighbors  # the live actors see it
+        assert [n.label for n in after] == ["dark"] * 3
+        writer.enroll("dark", new[3:])
+        assert shard_sizes(sharded) == [27, 25, 24]
+        again = writer.enroll("dark", [new[0]])  # content of another shard: skipped
     assert not again.added and again.duplicates and shard_sizes(sharded) == [27, 25, 24]
 
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from index import IndexLockedError, IndexStore
-from retrieval import service
-from retrieval.engine.images import sha256_file
+import retrieval
+from index import IndexLockedError, IndexStore, sha256_file
 from retrieval.faces.cli import main
 from retrieval.indexing.build import build_index, staging_dir
 from retrieval.nets.model import load_model, save_model_dir
@@ -109,7 +108,7 @@ def test_interrupted_build_keeps_whole_chunks_and_the_old_index(
     for path, vector in after.items():
         np.testing.assert_allclose(vector, reference[path], atol=1e-5)
     assert stray_files(tmp_path) == []
-    assert service.check(target).ok
+    assert retrieval.check(target).ok
 
 
 def test_resume_follows_changes_to_the_gallery(gallery: Path, tmp_path: Path):
@@ -152,7 +151,7 @@ def test_a_build_killed_before_its_staging_manifest_starts_over(gallery: Path, t
     (staging / "records.sqlite").write_bytes(b"")
     again = build_index(gallery, target, model="tiny")
     assert (again.resumed, again.added) == (0, 600)
-    assert service.check(target).ok
+    assert retrieval.check(target).ok
     assert stray_files(tmp_path) == []
 
 
@@ -161,12 +160,12 @@ def test_a_staged_network_file_that_differs_starts_over(gallery: Path, tmp_path:
     with pytest.raises(KeyboardInterrupt):
         build_index(gallery, target, model="tiny", progress=interrupt_after(300))
     staging = staging_dir(target)
-    assert service.check(staging).ok
+    assert retrieval.check(staging).ok
     (staging / "model.onnx").write_bytes(b"not the network the manifest names")
-    assert not service.check(staging).ok
+    assert not retrieval.check(staging).ok
     again = build_index(gallery, target, model="tiny")
     assert (again.resumed, again.added) == (0, 600)
-    assert service.check(target).ok
+    assert retrieval.check(target).ok
 
 
 def test_a_second_build_into_the_same_index_is_refused(gallery: Path, tmp_path: Path):
@@ -221,13 +220,15 @@ def test_interrupted_enroll_keeps_a_prefix_of_whole_chunks(tmp_path: Path):
     before = labelled(target)
     new = write_images(tmp_path / "new", 600, (200, 200, 40), seed=5000)
     with pytest.raises(KeyboardInterrupt):
-        service.enroll("yellow", [tmp_path / "new"], target, progress=interrupt_after(520))
+        retrieval.Retriever(target).enroll(
+            "yellow", [tmp_path / "new"], progress=interrupt_after(520)
+        )
     with IndexStore.open(target) as store:
         enrolled = [it.path for it in store.items() if it.label == "yellow"]
     assert enrolled == [str(p.resolve()) for p in new[:512]]
     assert before <= labelled(target)
-    again = service.enroll("yellow", [tmp_path / "new"], target)
+    again = retrieval.Retriever(target).enroll("yellow", [tmp_path / "new"])
     assert (len(again.added), len(again.duplicates), again.total_for_label) == (88, 512, 600)
     shas = {sha256_file(p) for p in new}
     assert {sha for _, sha, label in labelled(target) if label == "yellow"} == shas
-    assert service.check(target).ok
+    assert retrieval.check(target).ok

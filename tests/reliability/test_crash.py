@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import IndexStore
-from retrieval import service
+import retrieval
+from index import IndexStore, sha256_file
 from retrieval.engine.embed import Embedder
-from retrieval.engine.images import sha256_file
 from retrieval.indexing.build import build_index, staging_dir
 from retrieval.indexing.ingest import CHUNK
 from retrieval.nets.model import load_model
@@ -209,7 +208,7 @@ def write_span(
 def assert_checks(index: Path) -> None:
     """What ``retrieve check`` runs finds no problem (called in-process: it is quicker, and
     test_check.py covers the command around it)."""
-    report = service.check(index)
+    report = retrieval.check(index)
     assert report.ok, report.problems
 
 

@@ -1,0 +1,513 @@
+"""The public API: a ``Retriever`` opened once on an index folder, and the functions that make
+and measure indexes (``build``, ``evaluate``, ``check``). The CLI, ``retrieve serve`` and the
+scripts are its users.
+
+    from retrieval import Retriever
+
+    with Retriever("my-index") as r:
+        for answer in r.query(["a.jpg", pil_image]):
+            print(answer.label, answer.confidence, answer.neighbors[0].path)
+        r.enroll("Snowy Owl", ["owl1.jpg", "owls/"])
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from index import MANIFEST, CheckReport, IndexStore, Item
+from retrieval.datasets import DatasetOptions
+from retrieval.datasets.folders import Record, collect_images, validate_label
+from retrieval.engine.classify import VOTES, Neighbor
+from retrieval.engine.classify import vote as knn_vote
+from retrieval.engine.embed import Embedder
+from retrieval.engine.images import ImageInput, decode_input
+from retrieval.engine.network import ModelEntry
+from retrieval.errors import InputError
+from retrieval.indexing import uploads
+from retrieval.indexing.build import BuildReport
+from retrieval.indexing.health import check as check_folder
+from retrieval.indexing.ingest import Embedded, dedupe, embed_into, hash_records
+from retrieval.indexing.network import embedder_for, model_for
+from retrieval.indexing.shards import (
+    LocalShards,
+    ShardSearch,
+    find_content,
+    is_sharded,
+    label_counts,
+    shard_dirs,
+    smallest,
+)
+from retrieval.progress import ProgressFactory, no_progress
+from retrieval.results import Answer, AttentionMap, EnrollReport, Info
+from retrieval.training.evaluation import Evaluation
+
+DEFAULT_MODEL = "efficientnet_lite0"
+_PATH_TYPES = (str, os.PathLike)
+
+
+@dataclass
+class _Opened:
+    """The index as opened: its folders (one, or its shards), their stores, its model entry,
+    and how its shards are searched."""
+
+    dirs: list[Path]
+    stores: list[IndexStore]
+    entry: ModelEntry
+    searcher: ShardSearch
+    embedder: Embedder | None = None
+
+    def close(self) -> None:
+        self.searcher.__exit__(None, None, None)
+        for store in self.stores:
+            store.close()
+
+
+def _is_one(images: object) -> bool:
+    return isinstance(images, (*_PATH_TYPES, bytes, Image.Image, np.ndarray))
+
+
+def _name(image: ImageInput, i: int) -> str:
+    if isinstance(image, _PATH_TYPES):
+        return str(image)
+    filename = getattr(image, "filename", "")
+    return filename if isinstance(filename, str) and filename else f"<image {i + 1}>"
+
+
+class Retriever:
+    """An index folder (or a sharded index) opened once: its records and FAISS index, and its
+    network (the exported ONNX copy, or the model re-created in torch), loaded at first use and
+    kept. Safe to share between threads: searches and writes go one at a time through each
+    store, images are decoded and embedded side by side. When ``build-index --force`` puts
+    another index in the folder, the next call opens that one.
+
+    ``model`` (a built-in name or a model folder) makes every call check that the index was
+    built with that network, and run it in torch. ``ray`` ("" or "host:port") searches each
+    shard in a Ray actor on that cluster (writes need the index opened without it).
+    """
+
+    def __init__(
+        self,
+        index: str | os.PathLike[str],
+        *,
+        model: str | None = None,
+        ray: str | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        if batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, not {batch_size}")
+        self.path = Path(index)
+        self._model = model
+        self._ray = ray
+        self._batch_size = batch_size
+        self._lock = threading.Lock()
+        self._opened = self._open()
+
+    @classmethod
+    def open(cls, index: str | os.PathLike[str], **options: Any) -> Retriever:
+        """``Retriever(index, **options)``."""
+        return cls(index, **options)
+
+    def _open(self) -> _Opened:
+        dirs = shard_dirs(self.path) if is_sharded(self.path) else [self.path]
+        stores: list[IndexStore] = []
+        try:
+            for folder in dirs:
+                stores.append(IndexStore.open(folder, lazy=self._ray is not None))
+            entry = ModelEntry.parse(stores[0].model, str(dirs[0] / MANIFEST))
+            searcher: ShardSearch
+            if self._ray is None:
+                searcher = LocalShards(stores)
+            else:
+                from retrieval.cluster.shard_actors import RayShards
+
+                searcher = RayShards(dirs, self._ray)
+        except BaseException:
+            for store in stores:
+                store.close()
+            raise
+        return _Opened(dirs, stores, entry, searcher)
+
+    def _current(self) -> _Opened:
+        """The open index; reopened if the folder now holds another one. The one replaced is
+        left to calls still using it."""
+        if self._opened.stores[0].replaced:
+            with self._lock:
+                if self._opened.stores[0].replaced:
+                    self._opened = self._open()
+        return self._opened
+
+    def _embedder(self, opened: _Opened) -> Embedder:
+        if opened.embedder is None:
+            with self._lock:
+                if opened.embedder is None:
+                    opened.embedder = embedder_for(
+                        opened.dirs[0], opened.entry, self._model, batch_size=self._batch_size
+                    )
+        return opened.embedder
+
+    def load(self) -> Retriever:
+        """Load the network and the FAISS indexes now rather than at first use (a server does,
+        so that a bad index fails before it listens)."""
+        opened = self._current()
+        self._embedder(opened)
+        if self._ray is None:
+            for store in opened.stores:
+                store.layout  # noqa: B018  (reads or rebuilds the FAISS index)
+        return self
+
+    def close(self) -> None:
+        """Release the index (and the Ray actors of a sharded search); safe to call twice."""
+        self._opened.close()
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Retriever({str(self.path)!r})"
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def query(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        k: int = 5,
+        min_score: float = 0.0,
+        vote: str = "weighted",
+        progress: ProgressFactory = no_progress,
+    ) -> list[Answer]:
+        """One answer per image (a path, the bytes of an image file, a PIL image or a uint8
+        array; one, or a sequence of them), in order, each by a k-NN vote over its ``k``
+        nearest gallery items: ``weighted`` by their cosine scores or by ``majority``; "unknown"
+        (label None) when the best score is under ``min_score``. A gallery item with the same
+        file content as the query is left out of its neighbours (a photo does not vote for
+        itself). Every path is checked before the first image is answered."""
+        batch: list[ImageInput] = [images] if _is_one(images) else list(images)  # type: ignore[list-item, arg-type]
+        for i, image in enumerate(batch):
+            if isinstance(image, _PATH_TYPES) and not Path(image).is_file():
+                decode_input(image, _name(image, i))  # the error that names it
+        with progress(len(batch), "querying") as bar:
+            answers = []
+            for answer in self.query_stream(batch, k=k, min_score=min_score, vote=vote):
+                answers.append(answer)
+                bar.update(1)
+        return answers
+
+    def query_stream(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        k: int = 5,
+        min_score: float = 0.0,
+        vote: str = "weighted",
+    ) -> Iterator[Answer]:
+        """``query`` of images one at a time as they come (e.g. paths read from a pipe)."""
+        _check_vote(k, vote)
+        for i, image in enumerate(images):
+            yield self.answer(image, name=_name(image, i), k=k, min_score=min_score, vote=vote)
+
+    def answer(
+        self,
+        image: ImageInput,
+        *,
+        name: str | None = None,
+        k: int = 5,
+        min_score: float = 0.0,
+        vote: str = "weighted",
+    ) -> Answer:
+        """The answer for one image (see ``query``); ``name`` is what the answer and an error
+        call it (default: its path)."""
+        _check_vote(k, vote)
+        start = time.perf_counter()
+        name = _name(image, 0) if name is None else name
+        opened = self._current()
+        embedder = self._embedder(opened)
+        picture, sha = decode_input(image, name, min_side=embedder.transform.pre.resize)
+        vector = embedder.embed_images([picture])
+        hits = opened.searcher.neighbors(vector, sha, k)
+        ids = len(opened.dirs) == 1  # shards number their items apart
+        neighbors = [Neighbor(h.path, h.label, h.score, h.id if ids else None) for h in hits]
+        p = knn_vote(neighbors, k=k, method=vote, min_score=min_score)
+        return Answer(name, p.label, p.confidence, p.neighbors, time.perf_counter() - start)
+
+    def attention(self, images: Sequence[ImageInput]) -> list[AttentionMap] | None:
+        """The spatial attention of the index's network over each image (the part of it the
+        network sees), or None when the network has no attention module. Only then is the
+        model re-created in torch: the exported network does not expose its attention."""
+        opened = self._current()
+        if not opened.entry.has_attention:
+            return None
+        from retrieval.nets.model import attention_gates
+
+        loaded = model_for(opened.dirs[0], opened.entry, self._model)
+        pre = loaded.net.preprocess
+        maps = []
+        for i, image in enumerate(images):
+            picture, _ = decode_input(image, _name(image, i), min_side=pre.resize)
+            gates, box = attention_gates(loaded, picture)
+            maps.append(AttentionMap(gates, box))
+        return maps
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def _writable(self) -> _Opened:
+        if self._ray is not None:
+            raise InputError("a Retriever searching on Ray does not write; open it without ray")
+        return self._current()
+
+    def enroll(
+        self,
+        label: str,
+        images: Sequence[ImageInput],
+        *,
+        progress: ProgressFactory = no_progress,
+    ) -> EnrollReport:
+        """Add images under ``label`` (new or existing): files, folders (every image below
+        them), or images in memory (bytes of an image file, PIL images, uint8 arrays: the index
+        keeps a copy of each under ``INDEX/uploads``). Content already indexed is skipped and
+        reported; unreadable files are skipped and reported. InputError, nothing added, if none
+        can be read. Committed a chunk at a time: if the process is killed, the index holds the
+        readable images of the first whole chunks, and enrolling again adds the rest. In a
+        sharded index they go to the shard holding the fewest items."""
+        validate_label(label)
+        files: list[str | Path] = [Path(i) for i in images if isinstance(i, _PATH_TYPES)]
+        in_memory = [
+            (i, image) for i, image in enumerate(images) if not isinstance(image, _PATH_TYPES)
+        ]
+        scan = collect_images(list(files)) if files else None
+        self._writable()
+        stored = [
+            uploads.store(self.path, f"image-{i + 1}.png", _png(image, _name(image, i)))
+            for i, image in in_memory
+        ]
+        paths = [r.path for r in scan.records] if scan else []
+        skipped = list(scan.skipped) if scan else []
+        report = None
+        try:
+            report = self.enroll_files(
+                label, [*paths, *(s.path for s in stored)], skipped, progress=progress
+            )
+        finally:
+            uploads.discard(stored, report.added if report else ())
+        return report
+
+    def enroll_files(
+        self,
+        label: str,
+        paths: Sequence[str | os.PathLike[str]],
+        skipped: Sequence[tuple[str, str]] = (),
+        *,
+        progress: ProgressFactory = no_progress,
+    ) -> EnrollReport:
+        """``enroll`` of image files as they are (no folder is walked); ``skipped`` are inputs
+        set aside already, reported with those that cannot be decoded."""
+        validate_label(label)
+        opened = self._writable()
+        embedder = self._embedder(opened)
+        target = smallest(opened.stores) if len(opened.stores) > 1 else opened.stores[0]
+        others = [s for s in opened.stores if s is not target]
+        records = [Record(Path(p), label) for p in paths]
+        shas = hash_records(records)
+        with target.writing():  # a writer, even with nothing to add: leftovers of killed ones go
+            known = find_content(others, shas)
+            known.update(target.find_sha256(shas))
+        keep, dupes = dedupe(records, shas, known)
+        embedded = Embedded()
+        if keep:
+            embedded = embed_into(
+                target,
+                embedder,
+                [records[i] for i in keep],
+                [shas[i] for i in keep],
+                progress,
+                "enrolling",
+            )
+            if not embedded.added and not embedded.duplicates:
+                raise InputError(
+                    f"none of the images for {label!r} could be read; nothing enrolled"
+                )
+        counts = label_counts(opened.stores)
+        return EnrollReport(
+            label,
+            tuple(embedded.added),
+            tuple(dupes + embedded.duplicates),
+            tuple([*skipped, *embedded.failures]),
+            counts.get(label, 0),
+        )
+
+    def remove(
+        self, *, label: str | None = None, path: str | os.PathLike[str] | None = None
+    ) -> list[Item]:
+        """Remove every item of ``label``, or the item(s) recorded at ``path`` (as given, or
+        resolved), from every shard; returns the items removed. The index's own copies of them
+        (``INDEX/uploads``) are deleted; a photo elsewhere never is. InputError, nothing
+        removed, when there is no such item."""
+        if (label is None) == (path is None):
+            raise InputError("give exactly one of --label or --path")
+        gone: list[Item] = []
+        for store in self._writable().stores:
+            with store.writing():
+                if label is not None:
+                    gone += store.remove_label(label)
+                else:
+                    resolved = str(Path(path).resolve())  # type: ignore[arg-type]
+                    gone += store.remove_path(resolved) or store.remove_path(str(path))
+        if not gone:
+            what = f"items with label {label!r}" if label is not None else f"item with path {path}"
+            raise InputError(f"no {what} in {self.path}")
+        uploads.delete_copies(self.path, gone)
+        return gone
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def info(self) -> Info:
+        """What the index holds; for a sharded one, summed over its shards (the model and FAISS
+        layout are those of its first shard)."""
+        opened = self._current()
+        first = opened.stores[0]
+        m = first.manifest
+        labels = label_counts(opened.stores)
+        return Info(
+            index=self.path,
+            count=sum(labels.values()),
+            labels=labels,
+            model=opened.entry.name,
+            dim=m.dim,
+            format_version=m.format_version,
+            fingerprint=opened.entry.fingerprint,
+            index_type=m.index_type,
+            layout=first.layout.to_json(),
+            shards=len(opened.stores),
+        )
+
+    def labels(self) -> dict[str, int]:
+        """Items per label, sorted by label."""
+        return label_counts(self._current().stores)
+
+    def items(self, ids: Iterable[int]) -> list[Item]:
+        """The items with these ids (of an unsharded index), in that order; unknown ids are
+        left out."""
+        return self._current().stores[0].items(ids)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._current().stores)
+
+
+def _check_vote(k: int, method: str) -> None:
+    if k < 1:
+        raise InputError(f"-k must be at least 1, not {k}")
+    if method not in VOTES:
+        raise InputError(f"--vote must be one of {', '.join(VOTES)}, not {method!r}")
+
+
+def _png(image: ImageInput, name: str) -> bytes:
+    """An in-memory image as the bytes of an image file: bytes as they are, else PNG."""
+    if isinstance(image, bytes):
+        return image
+    import io
+
+    picture, _ = decode_input(image, name)
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()
+
+
+# --- indexes made and measured --------------------------------------------------------------
+
+
+def build(
+    gallery: str | os.PathLike[str],
+    index: str | os.PathLike[str],
+    *,
+    model: str = DEFAULT_MODEL,
+    weights: str | None = None,
+    batch_size: int = 32,
+    force: bool = False,
+    dataset: DatasetOptions | None = None,
+    index_type: str = "auto",
+    shards: int = 1,
+    ray: str | None = None,
+    workers: int | None = None,
+    progress: ProgressFactory = no_progress,
+) -> BuildReport:
+    """Embed every image of ``gallery`` (a folder per label, or a benchmark in its official
+    layout read with ``dataset``'s options) into a new index at ``index``, built beside it and
+    swapped into place when complete (an existing one is replaced only with ``force``; an
+    interrupted build is resumed by the same call). ``index_type`` "auto", "flat" or "ivf";
+    ``shards`` > 1 makes a sharded index. With ``ray`` ("" or "host:port"), the images are
+    embedded on Ray by ``workers`` actors (default: one per CPU)."""
+    from retrieval.indexing.build import build_index
+
+    options: dict[str, Any] = {
+        "model": model,
+        "weights": weights,
+        "batch_size": batch_size,
+        "force": force,
+        "dataset": dataset,
+        "index_type": index_type,
+        "shards": shards,
+        "progress": progress,
+    }
+    if ray is not None:
+        from retrieval.cluster.distributed import build_index_on_ray
+
+        return build_index_on_ray(
+            Path(gallery), Path(index), address=ray, workers=workers, **options
+        )
+    if workers is not None:
+        raise InputError("--workers needs --ray")
+    return build_index(Path(gallery), Path(index), **options)
+
+
+def evaluate(
+    data: str | os.PathLike[str],
+    *,
+    model: str = DEFAULT_MODEL,
+    shots: Sequence[int] = (1, 5, 10),
+    seed: int = 0,
+    k: int = 5,
+    batch_size: int = 32,
+    dataset: DatasetOptions | None = None,
+    progress: ProgressFactory = no_progress,
+) -> Evaluation:
+    """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of ``data`` and the enrolment
+    curve (top-1 k-NN accuracy after enrolling ``shots`` random images per class), with the
+    embeddings they came from."""
+    from retrieval.training.evaluation import evaluate as measure
+
+    return measure(
+        Path(data),
+        model=model,
+        shots=shots,
+        seed=seed,
+        k=k,
+        batch_size=batch_size,
+        dataset=dataset,
+        progress=progress,
+    )
+
+
+def check(index: str | os.PathLike[str], *, repair: bool = False) -> CheckReport:
+    """Whether an index's manifest, records, FAISS file, sidecar and network agree (and, for a
+    sharded index, each shard's), with notes on what interrupted builds left. With ``repair``,
+    the FAISS file and sidecar are rebuilt from the records and leftovers removed (never the
+    records or manifest: they are the truth), then it is checked again."""
+    return check_folder(Path(index), repair=repair)

@@ -1,0 +1,86 @@
+"""`retrieve check`: whether an index folder (or every shard of a sharded one) is whole —
+manifest, records, FAISS file and sidecar agreeing, its exported network intact — with what
+interrupted builds left beside it; and its repair (the FAISS cache and leftovers only: the
+records and manifest are the truth)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from index import CheckReport, IndexStore, IndexStoreError, check_index, repair_index
+from retrieval.engine.runtime import read_index_onnx
+from retrieval.errors import ModelError
+from retrieval.indexing.build import build_notes, stray_builds
+from retrieval.indexing.network import read_entry
+from retrieval.indexing.shards import is_sharded, shard_dirs
+
+
+def check(index_dir: str | Path, *, repair: bool = False) -> CheckReport:
+    """Verify that an index's manifest, records, FAISS file and sidecar agree, and note what
+    interrupted builds left beside it. With ``repair``, rebuild the FAISS file and sidecar from
+    the records, remove the temp files of interrupted writes and the stray folders of
+    interrupted builds (under the writer lock), then check again. Damaged records or manifest
+    are reported, never repaired: they are the truth the rest is derived from; a resumable
+    build's staging folder is kept. A sharded index is checked (and repaired) shard by shard,
+    each shard's lines prefixed with its folder's name."""
+    target = Path(index_dir)
+    if is_sharded(target):
+        return _check_shards(target, repair)
+    report = check_index(target)
+    report.notes.extend(build_notes(target))
+    report.problems.extend(_network_problems(target))
+    if not repair:
+        return report
+    if not report.source_ok:
+        report.repaired.append(
+            "nothing repaired: the manifest or records are damaged, and everything else is "
+            "derived from them; rebuild the index with 'retrieve build-index'"
+        )
+        return report
+    done = repair_index(target)
+    for stray in stray_builds(target):
+        shutil.rmtree(stray)
+        done.append(f"removed {stray}")
+    report = check_index(target)
+    report.notes.extend(build_notes(target))
+    report.problems.extend(_network_problems(target))
+    report.repaired = done
+    return report
+
+
+def _check_shards(target: Path, repair: bool) -> CheckReport:
+    report = CheckReport(target)
+    dirs = shard_dirs(target)
+    for folder in dirs:
+        part = check(folder, repair=repair)
+        report.items += part.items
+        report.source_ok = report.source_ok and part.source_ok
+        for mine, theirs in (
+            (report.problems, part.problems),
+            (report.notes, part.notes),
+            (report.repaired, part.repaired),
+        ):
+            mine.extend(f"{folder.name}: {line}" for line in theirs)
+    if not report.problems:
+        labels: set[str] = set()
+        for folder in dirs:
+            with IndexStore.open(folder, lazy=True) as store:
+                labels.update(store.label_counts())
+        report.labels = len(labels)
+    report.notes.extend(build_notes(target))
+    return report
+
+
+def _network_problems(target: Path) -> list[str]:
+    """The index's exported network, if its manifest names one, checked against its sha256
+    (it cannot be repaired from the records: a rebuild re-exports it)."""
+    try:
+        entry = read_entry(target)
+        if entry.onnx_sha256 is not None:
+            read_index_onnx(target, entry)
+    except IndexStoreError:
+        return []  # check_index has reported the manifest
+    except ModelError as exc:
+        return [str(exc)]
+    return []

@@ -1,0 +1,92 @@
+"""What the public API returns: frozen, typed results with the fields of the CLI's ``--json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index import Item
+from retrieval.engine.classify import Neighbor
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a query image is: ``label`` (None: unknown), ``confidence``, and the ``neighbors``
+    that voted, best first; ``query`` names the image; ``seconds`` is its own time (decode,
+    embed, search, vote)."""
+
+    query: str
+    label: str | None
+    confidence: float
+    neighbors: tuple[Neighbor, ...]
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The object ``retrieve query --json`` prints."""
+        return {
+            "query": self.query,
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "neighbors": [
+                {"path": n.path, "label": n.label, "score": round(n.score, 6), "id": n.id}
+                for n in self.neighbors
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class EnrollReport:
+    """What ``enroll`` did: the images ``added`` (as given), those already indexed
+    (``duplicates``: image, reason) and those ``skipped`` (unreadable: image, reason), and how
+    many items ``label`` now has."""
+
+    label: str
+    added: tuple[str, ...]
+    duplicates: tuple[tuple[str, str], ...]
+    skipped: tuple[tuple[str, str], ...]
+    total_for_label: int
+
+
+@dataclass(frozen=True)
+class Info:
+    """What an index holds (``retrieve info --json``)."""
+
+    index: Path
+    count: int
+    labels: dict[str, int]
+    model: str
+    dim: int
+    format_version: int
+    fingerprint: str
+    index_type: str
+    layout: dict[str, Any]
+    shards: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "count": self.count,
+            "labels": self.labels,
+            "model": self.model,
+            "dim": self.dim,
+            "format_version": self.format_version,
+            "index_type": self.index_type,
+            "faiss": self.layout,
+        }
+        if self.shards > 1:
+            out["shards"] = self.shards
+        return out
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """A model's spatial attention gates (h, w) over the part of the query image it saw:
+    ``box`` = (left, top, right, bottom) as fractions of the image's width and height."""
+
+    gates: np.ndarray
+    box: tuple[float, float, float, float]
+
+
+__all__ = ["Answer", "AttentionMap", "EnrollReport", "Info", "Item", "Neighbor"]

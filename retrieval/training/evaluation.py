@@ -1,0 +1,71 @@
+"""`retrieve evaluate`: a model measured on a labelled dataset — leave-one-out Recall@K and MAP@R,
+and the few-shot enrolment curve — with the embeddings the figures came from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.datasets import DatasetOptions
+from retrieval.errors import InputError
+from retrieval.progress import ProgressFactory, no_progress
+from retrieval.training.metrics import enrollment_accuracy, retrieval_metrics
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What evaluate measured (its ``metrics``, the keys of ``evaluate --json``) and what it
+    measured it on: each readable image's vector, label and path, in the same order."""
+
+    metrics: dict[str, Any]
+    vectors: np.ndarray
+    labels: list[str]
+    paths: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def evaluate(
+    data_dir: str | Path,
+    *,
+    model: str = "efficientnet_lite0",
+    shots: Sequence[int] = (1, 5, 10),
+    seed: int = 0,
+    k: int = 5,
+    batch_size: int = 32,
+    dataset: DatasetOptions | None = None,
+    progress: ProgressFactory = no_progress,
+) -> Evaluation:
+    """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a dataset (a folder per label,
+    or a benchmark read with ``dataset``'s options), and the enrolment curve: top-1 k-NN accuracy
+    after enrolling ``shots`` random images per class; with the embeddings they came from."""
+    from retrieval.nets.export import fast_embedder
+    from retrieval.nets.model import load_model
+
+    scan = (dataset or DatasetOptions()).scan(data_dir)
+    loaded = load_model(model)
+    embedder, _ = fast_embedder(loaded, scan.records, batch_size=batch_size)
+    with progress(len(scan.records), "embedding") as bar:
+        result = embedder.embed_paths(
+            [r.path for r in scan.records],
+            progress=bar.update,
+            boxes=[r.box for r in scan.records],
+        )
+    labels = [scan.records[i].label for i in result.ok]
+    if len(set(labels)) < 2:
+        raise InputError(f"{data_dir}: evaluation needs at least 2 labels with readable images")
+    metrics: dict[str, Any] = retrieval_metrics(result.vectors, np.array(labels))
+    metrics["enrollment"] = {
+        str(n): enrollment_accuracy(result.vectors, labels, n, seed=seed, k=k) for n in shots
+    }
+    metrics.update(n_images=len(labels), n_classes=len(set(labels)), model=loaded.name)
+    return Evaluation(
+        metrics,
+        result.vectors,
+        labels,
+        [str(scan.records[i].path) for i in result.ok],
+        scan.skipped + result.failures,
+    )

@@ -1,0 +1,132 @@
+"""The public API as a user calls it: the README's example run as it stands, and what the
+Retriever promises beyond it (in-memory images, one network per Retriever, threads, a replaced
+index, bad input)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import retrieval
+from retrieval.errors import InputError
+
+from .conftest import COLORS, write_image
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_example() -> str:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(r"<!-- api-example[^>]*-->\n```python\n(.*?)```", text, re.S)
+    assert match, "README.md lost its API example"
+    return match.group(1)
+
+
+def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(4):
+            write_image(tmp_path / "photos" / label / f"{j}.png", color, seed=10 * ci + j)
+    write_image(tmp_path / "new_photo.jpg", COLORS["green"], seed=90)
+    write_image(tmp_path / "other.jpg", COLORS["blue"], seed=91)
+    write_image(tmp_path / "owl1.jpg", (240, 240, 240), seed=92)
+    write_image(tmp_path / "owl2.jpg", (235, 235, 235), seed=93)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_example(), "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("green ") and "/photos/green/" in lines[0]
+    assert lines[1] == "other.jpg blue"
+    assert lines[2:] == ["2", "True"]
+    assert not list((tmp_path / "my-index" / "uploads").rglob("*.png"))  # its copy went too
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Path:
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(4):
+            write_image(tmp_path / "g" / label / f"{j}.png", color, seed=10 * ci + j)
+    retrieval.build(tmp_path / "g", tmp_path / "idx", model="tiny")
+    return tmp_path / "idx"
+
+
+def test_in_memory_images_answer_as_their_files(index: Path, tmp_path: Path):
+    path = write_image(tmp_path / "q.png", COLORS["red"], seed=77)
+    with retrieval.Retriever(index) as r:
+        by_path, by_bytes, by_pil, by_array = r.query(
+            [path, path.read_bytes(), Image.open(path), np.asarray(Image.open(path))]
+        )
+    for other in (by_bytes, by_pil, by_array):
+        assert other.label == by_path.label == "red"
+        assert [n.id for n in other.neighbors] == [n.id for n in by_path.neighbors]
+        assert np.allclose([n.score for n in other.neighbors], [n.score for n in by_path.neighbors])
+
+
+def test_a_gallery_photo_given_as_bytes_does_not_vote_for_itself(index: Path):
+    own = index.parent / "g" / "red" / "0.png"
+    with retrieval.Retriever(index) as r:
+        from_bytes = r.answer(own.read_bytes(), k=3)
+        from_array = r.answer(np.asarray(Image.open(own)), k=3)
+    assert str(own.resolve()) not in [n.path for n in from_bytes.neighbors]
+    assert from_array.neighbors[0].path == str(own.resolve())  # no file content to know it by
+
+
+def test_the_network_is_made_once_and_shared_by_threads(index: Path, tmp_path: Path, monkeypatch):
+    import retrieval.api as api
+
+    made = []
+    real = api.embedder_for
+    monkeypatch.setattr(api, "embedder_for", lambda *a, **k: made.append(1) or real(*a, **k))
+    queries = [write_image(tmp_path / f"q{i}.png", COLORS["blue"], seed=200 + i) for i in range(8)]
+    with retrieval.Retriever(index) as r:
+        labels: list[str | None] = []
+        threads = [
+            threading.Thread(target=lambda q=q: labels.append(r.answer(q).label)) for q in queries
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        r.enroll("white", [write_image(tmp_path / "w.png", (250, 250, 250), seed=5)])
+    assert labels == ["blue"] * 8
+    assert made == [1]
+
+
+def test_a_retriever_follows_an_index_replaced_by_build_index(index: Path, tmp_path: Path):
+    write_image(tmp_path / "g2" / "grey" / "0.png", (128, 128, 128), seed=1)
+    write_image(tmp_path / "g2" / "grey" / "1.png", (130, 130, 130), seed=2)
+    query = write_image(tmp_path / "q.png", COLORS["red"], seed=3)
+    with retrieval.Retriever(index) as r:
+        assert r.answer(query).label == "red"
+        retrieval.build(tmp_path / "g2", index, model="tiny", force=True)
+        assert r.answer(query).label == "grey"
+        assert r.labels() == {"grey": 2}
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((4, 4, 3), np.float32), "uint8"),
+        (np.zeros((4, 4, 2), np.uint8), "(h, w, 3)"),
+        (np.zeros((0, 4), np.uint8), "at least one pixel"),
+    ],
+)
+def test_bad_arrays_are_one_line_errors(index: Path, image: np.ndarray, message: str):
+    with retrieval.Retriever(index) as r, pytest.raises(InputError, match=re.escape(message)):
+        r.query([image])
+
+
+def test_bad_queries_and_removals(index: Path, tmp_path: Path):
+    with retrieval.Retriever(index) as r:
+        with pytest.raises(InputError, match="nope.png does not exist"):
+            r.query([index.parent / "g" / "red" / "0.png", tmp_path / "nope.png"])
+        with pytest.raises(InputError, match="-k must be at least 1"):
+            r.query(index.parent / "g" / "red" / "0.png", k=0)
+        with pytest.raises(InputError, match="exactly one of"):
+            r.remove()
+        with pytest.raises(InputError, match="no items with label 'nope'"):
+            r.remove(label="nope")
+        assert len(r) == 12
