@@ -1,6 +1,6 @@
 """The public API: a ``Retriever`` opened once on an index folder, and the functions that make
 and measure indexes (``build``, ``evaluate``, ``check``). The CLI, ``retrieve serve`` and the
-scripts are its users.
+scripts are its users. (``evaluate`` is training/evaluation.py's, re-exported.)
 
     from retrieval import Retriever
 
@@ -49,7 +49,9 @@ from retrieval.indexing.shards import (
 )
 from retrieval.progress import ProgressFactory, no_progress
 from retrieval.results import Answer, AttentionMap, EnrollReport, Info
-from retrieval.training.evaluation import Evaluation
+from retrieval.training.evaluation import Evaluation, evaluate
+
+__all__ = ["Retriever", "build", "check", "evaluate", "Evaluation"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 _PATH_TYPES = (str, os.PathLike)
@@ -475,34 +477,6 @@ def build(
     if workers is not None:
         raise InputError("--workers needs --ray")
     return build_index(Path(gallery), Path(index), **options)
-
-
-def evaluate(
-    data: str | os.PathLike[str],
-    *,
-    model: str = DEFAULT_MODEL,
-    shots: Sequence[int] = (1, 5, 10),
-    seed: int = 0,
-    k: int = 5,
-    batch_size: int = 32,
-    dataset: DatasetOptions | None = None,
-    progress: ProgressFactory = no_progress,
-) -> Evaluation:
-    """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of ``data`` and the enrolment
-    curve (top-1 k-NN accuracy after enrolling ``shots`` random images per class), with the
-    embeddings they came from."""
-    from retrieval.training.evaluation import evaluate as measure
-
-    return measure(
-        Path(data),
-        model=model,
-        shots=shots,
-        seed=seed,
-        k=k,
-        batch_size=batch_size,
-        dataset=dataset,
-        progress=progress,
-    )
 
 
 def check(index: str | os.PathLike[str], *, repair: bool = False) -> CheckReport:
