@@ -256,6 +256,24 @@ class RecordDB:
             raise IndexFormatError(f"{self.path} has no valid generation in table meta") from exc
 
     @_guarded
+    def note(self, key: str) -> str | None:
+        """The text kept under ``key`` in table meta (not the generation), or None."""
+        if key == "generation":
+            raise ValueError("the generation is not a note")
+        row = self._conn.execute("SELECT CAST(value AS TEXT) FROM meta WHERE key = ?", (key,))
+        found = row.fetchone()
+        return None if found is None else str(found[0])
+
+    @_guarded
+    def set_note(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` in table meta, in a transaction of its own; the items and
+        the generation do not change."""
+        if key == "generation":
+            raise ValueError("the generation is not a note")
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    @_guarded
     def insert(
         self,
         labels: Sequence[str],

@@ -656,6 +656,26 @@ class IndexStore:
         ]
 
     @_serialised
+    def note(self, key: str) -> Any:
+        """The JSON value kept with the records under ``key`` (see set_note), or None; None too
+        when what is kept there is not JSON (a note is derived data: its writer makes it anew)."""
+        text = self._records().note(key)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            log.warning("%s: the note %r is not JSON; ignoring it", self._root / RECORDS, key)
+            return None
+
+    def set_note(self, key: str, value: Any) -> None:
+        """Keep a JSON-serialisable ``value`` with the records under ``key`` (e.g. what the ML
+        side derived from the gallery), under the writer lock; committed before it returns."""
+        text = json.dumps(value, allow_nan=False)
+        with self.writing():
+            self._records().set_note(key, text)
+
+    @_serialised
     def find_sha256(self, sha256s: Iterable[str]) -> dict[str, Item]:
         """The item holding each of these content hashes that is present (the oldest if several)."""
         if isinstance(sha256s, (str, bytes)):

@@ -359,3 +359,20 @@ def test_create_refuses_files_an_index_owns_or_outside_it(root: Path, name: str)
     with pytest.raises(ValueError, match="cannot be a file beside an index"):
         IndexStore.create(root, DIM, MODEL, files={name: b"x"})
     assert not (root / "manifest.json").exists()
+
+
+def test_notes_are_kept_beside_the_records_without_changing_them(store: IndexStore) -> None:
+    assert store.note("open_set") is None
+    generation_items = (len(store), store.items())
+    store.set_note("open_set", {"threshold": 0.5, "labels": ["a"]})
+    store.set_note("other", [1, 2])
+    assert (len(store), store.items()) == generation_items
+    with IndexStore.open(store.path) as again:
+        assert again.note("open_set") == {"threshold": 0.5, "labels": ["a"]}
+        assert again.note("other") == [1, 2]
+    store.set_note("open_set", None)
+    assert store.note("open_set") is None
+    with pytest.raises(ValueError):
+        store.set_note("generation", 3)
+    with pytest.raises(ValueError):
+        store.set_note("x", float("nan"))
