@@ -19,10 +19,11 @@ from index.folder import MANIFEST, RECORDS, VECTORS
 from index.fsutil import aside_name, atomic_write_bytes, exchange, sha256_file
 from index.lock import LOCK_FILE, writer_lock
 from index.manifest import FORMAT_VERSION, Manifest, read_manifest
-from index.plan import AUTO_IVF_ABOVE, INDEX_TYPES, Layout
+from index.plan import AUTO_COMPACT_ABOVE, AUTO_IVF_ABOVE, INDEX_TYPES, Layout
 from index.store import Builder, Hit, IndexStore, Item
 
 __all__ = [
+    "AUTO_COMPACT_ABOVE",
     "AUTO_IVF_ABOVE",
     "FORMAT_VERSION",
     "INDEX_TYPES",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from index import AUTO_IVF_ABOVE, INDEX_TYPES
+from index import AUTO_COMPACT_ABOVE, INDEX_TYPES
 from retrieval.config import INDEX_ENV, TrainConfig, default_index_dir
 
 if TYPE_CHECKING:
@@ -169,8 +169,9 @@ def main() -> None:
     type=click.Choice(INDEX_TYPES),
     default="auto",
     show_default=True,
-    help="FAISS index: flat (exact), ivf (inverted lists, approximate), or auto: flat up to "
-    f"{AUTO_IVF_ABOVE:,} images, then ivf.",
+    help="FAISS index: flat (exact), ivf (inverted lists, approximate), compact (8-bit codes in "
+    "inverted lists, re-scored exactly), or auto: flat up to "
+    f"{AUTO_COMPACT_ABOVE:,} images, then compact.",
 )
 @_ray_option("Embed on Ray")
 @click.option(

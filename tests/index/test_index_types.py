@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from index import IndexFormatError, IndexStore, backend, plan
+from index.cache import FaissCache
 from index.check import check_index, repair_index
 
 from .helpers import (
@@ -24,7 +25,7 @@ from .helpers import (
 )
 
 N = 3000
-TYPES = ("flat", "ivf")
+TYPES = ("flat", "ivf", "compact")
 
 
 def _labels(which: np.ndarray) -> list[str]:
@@ -70,17 +71,30 @@ def test_ivf_layout_follows_the_faiss_guidelines() -> None:
         assert plan.choose("ivf", n, layout) == layout
     assert plan.choose("ivf", 1_000_000).nlist >= 4 * np.sqrt(1_000_000)
     assert plan.choose("ivf", 2 * plan.TRAIN_PER_LIST - 1) == plan.FLAT
-    assert plan.choose("auto", plan.AUTO_IVF_ABOVE) == plan.FLAT
-    assert plan.choose("auto", plan.AUTO_IVF_ABOVE + 1).type == "ivf"
+    assert plan.choose("auto", plan.AUTO_COMPACT_ABOVE) == plan.FLAT
+    assert plan.choose("auto", plan.AUTO_COMPACT_ABOVE + 1).type == "compact"
     assert plan.choose("flat", 10_000_000) == plan.FLAT
 
 
+def test_compact_layout() -> None:
+    layout = plan.choose("compact", 1_000_000, dim=1280)
+    assert layout == plan.Layout("compact", 4096, 512, 256, plan.RERANK)
+    assert plan.choose("compact", 1_000_000, dim=128).pca == 0
+    assert plan.choose("compact", plan.COMPACT_MIN - 1, dim=1280) == plan.FLAT
+    assert plan.choose("auto", 1_000_000, dim=1280) == layout
+    assert plan.choose("ivf", 1_000_000, dim=1280).type == "ivf"
+
+
 def test_layouts_have_hysteresis() -> None:
-    big = plan.choose("auto", 300_000)
-    assert plan.choose("auto", 200_000, big) == big
-    assert plan.choose("auto", plan.AUTO_IVF_ABOVE // 2 - 1, big) == plan.FLAT
-    assert plan.choose("ivf", 500_000, big) == big
-    assert plan.choose("ivf", 2_000_000, big).nlist > big.nlist
+    big = plan.choose("auto", 2 * plan.AUTO_COMPACT_ABOVE, dim=1280)
+    assert big.type == "compact"
+    assert plan.choose("auto", plan.AUTO_COMPACT_ABOVE - 1, big, 1280) == big
+    assert plan.choose("auto", plan.AUTO_COMPACT_ABOVE // 2 - 1, big, 1280) == plan.FLAT
+    assert plan.choose("compact", 3 * plan.AUTO_COMPACT_ABOVE, big, 1280) == big
+    assert plan.choose("compact", 20 * plan.AUTO_COMPACT_ABOVE, big, 1280).nlist > big.nlist
+    ivf = plan.choose("ivf", 300_000)
+    assert plan.choose("ivf", 500_000, ivf) == ivf
+    assert plan.choose("ivf", 2_000_000, ivf).nlist > ivf.nlist
 
 
 @pytest.mark.parametrize("index_type", TYPES)
@@ -137,9 +151,9 @@ def test_repair_rebuilds_the_same_type(root: Path, index_type: str) -> None:
 def test_check_finds_an_ivf_file_missing_records(root: Path) -> None:
     ids, vectors, _ = _filled(root, "ivf")
     partial = backend.build_index(plan.choose("ivf", N), ids[1:], vectors[1:])
-    digest = backend.write_index(partial, root / "vectors.faiss")
-    meta = json.loads((root / "vectors.faiss.json").read_text())
-    (root / "vectors.faiss.json").write_text(json.dumps({**meta, "sha256": digest}))
+    FaissCache(root).write(
+        partial, json.loads((root / "vectors.faiss.json").read_text())["generation"]
+    )
     report = check_index(root)
     assert not report.ok
     assert any(f"{N - 1} vectors, the records {N} items" in p for p in report.problems)
@@ -214,22 +228,24 @@ def test_unknown_type_refused(root: Path) -> None:
 def test_auto_switches_type_with_the_gallery_size(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(plan, "AUTO_IVF_ABOVE", 1000)
+    monkeypatch.setattr(plan, "AUTO_COMPACT_ABOVE", 1000)
+    monkeypatch.setattr(plan, "COMPACT_MIN", 100)
     vectors, which = clustered_rows(1600, seed=4)
     labels = _labels(which)
     with IndexStore.create(root, DIM, MODEL) as store:
         ids = add_items(store, vectors[:900], labels[:900])
         assert store.layout == plan.FLAT
+        before = (root / "vectors.faiss.json").read_bytes()
         with store.bulk():
             ids = np.concatenate([ids, add_items(store, vectors[900:], labels[900:], start=900)])
-            assert store.layout == plan.FLAT
-        assert store.layout == plan.choose("auto", 1600)
-        assert store.layout.type == "ivf"
+            assert (root / "vectors.faiss.json").read_bytes() == before  # written at the end
+        assert store.layout == plan.choose("auto", 1600, dim=DIM)
+        assert store.layout.type == "compact"
     assert cache_is_current(root)
     with IndexStore.open(root) as store:
-        assert store.layout.type == "ivf"
+        assert store.layout.type == "compact"
         store.remove_ids(ids[:1000])
-        assert store.layout.type == "ivf"
+        assert store.layout.type == "compact"
         store.remove_ids(ids[1000:1200])
         assert store.layout == plan.FLAT
         assert not {int(i) for i in ids[:1200]} & {
