@@ -375,7 +375,9 @@ def _known(index: FaissIndex, path: str | os.PathLike[str]) -> FaissIndex:
     inner = index
     if isinstance(index, faiss.IndexPreTransform):
         chain: Any = index.chain
-        if chain.size() != 1 or not isinstance(chain.at(0), faiss.PCAMatrix):
+        if chain.size() != 1 or not isinstance(
+            faiss.downcast_VectorTransform(chain.at(0)), faiss.PCAMatrix
+        ):
             inner = None
         else:
             inner = faiss.downcast_index(index.index)

@@ -85,6 +85,23 @@ def test_compact_layout() -> None:
     assert plan.choose("ivf", 1_000_000, dim=1280).type == "ivf"
 
 
+def test_compact_with_a_projection_reopens_without_a_rebuild(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dim = plan.PCA_DIMS + 44
+    vectors = clustered_rows(2000, dim, centres=20, seed=2)[0]
+    with IndexStore.create(root, dim, MODEL, index_type="compact") as store:
+        ids = store.add(vectors, ["a"] * 2000, [str(i) for i in range(2000)], ["s"] * 2000)
+        assert store.layout.pca == plan.PCA_DIMS
+    caplog.set_level(logging.INFO, logger="index")
+    with IndexStore.open(root) as store:
+        assert store.layout == plan.choose("compact", 2000, dim=dim)
+        found = [row[0].id for row in store.search(vectors[:50], 1)]
+    assert "rebuilt" not in caplog.text, caplog.text
+    assert found == ids[:50].tolist()
+    assert check_index(root).ok
+
+
 def test_layouts_have_hysteresis() -> None:
     big = plan.choose("auto", 2 * plan.AUTO_COMPACT_ABOVE, dim=1280)
     assert big.type == "compact"
