@@ -696,6 +696,31 @@ class IndexStore:
         return [_item(row) for row in db.rows(_as_ids(ids).tolist())]
 
     @_serialised
-    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 (n,), vectors float32 (n, dim)) of every item, from the records."""
-        return self._records().all_vectors(self.dim)
+    def vectors(self, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), vectors float32 (n, dim)) of every item, or of the items with
+        ``ids`` that exist, in id order, from the records."""
+        wanted = None if ids is None else _as_ids(ids).tolist()
+        return self._records().all_vectors(self.dim, wanted)
+
+    @_serialised
+    def labelled_vectors(self) -> tuple[list[Item], np.ndarray]:
+        """Every item and its vector (rows in the same order, by id), read in one snapshot."""
+        db = self._records()
+        with db.reading():
+            items = [_item(row) for row in db.rows()]
+            _, vectors = db.all_vectors(self.dim)
+        return items, vectors
+
+    @_serialised
+    def find(self, *, label: str | None = None, path: str | None = None) -> list[Item]:
+        """The items of ``label``, or recorded with exactly ``path``, by id."""
+        if (label is None) == (path is None):
+            raise ValueError("give exactly one of label or path")
+        column, value = ("label", label) if label is not None else ("path", path)
+        return [_item(row) for row in self._records().find(column, str(value))]
+
+    @property
+    @_serialised
+    def generation(self) -> int:
+        """How many writes the records have committed (moves whenever the items change)."""
+        return self._records().generation

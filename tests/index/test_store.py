@@ -376,3 +376,22 @@ def test_notes_are_kept_beside_the_records_without_changing_them(store: IndexSto
         store.set_note("generation", 3)
     with pytest.raises(ValueError):
         store.set_note("x", float("nan"))
+
+
+def test_find_and_vectors_of_some_items(filled) -> None:
+    store, _, added, labels = filled
+    amsel = store.find(label="amsel")
+    assert len(amsel) == labels.count("amsel")
+    assert amsel and all(i.label == "amsel" for i in amsel)
+    ids, vectors = store.vectors([amsel[1].id, amsel[0].id, 10**9])
+    assert ids.tolist() == [amsel[0].id, amsel[1].id]
+    all_ids, all_vectors = store.vectors()
+    assert np.array_equal(vectors, all_vectors[np.isin(all_ids, ids)])
+    assert np.allclose(all_vectors, added)
+    items, rows = store.labelled_vectors()
+    assert [i.id for i in items] == all_ids.tolist() and np.array_equal(rows, all_vectors)
+    (one,) = store.find(path=amsel[0].path)
+    assert one == amsel[0]
+    before = store.generation
+    store.remove_ids([one.id])
+    assert store.generation == before + 1 and store.find(path=one.path) == []
