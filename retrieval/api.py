@@ -12,6 +12,7 @@ scripts are its users. (``evaluate`` is training/evaluation.py's, re-exported.)
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -33,8 +34,9 @@ from retrieval.engine.embed import Embedder
 from retrieval.engine.images import ImageInput, decode_input
 from retrieval.engine.network import ModelEntry
 from retrieval.errors import InputError
-from retrieval.indexing import uploads
+from retrieval.indexing import calibration, uploads
 from retrieval.indexing.build import BuildReport
+from retrieval.indexing.calibration import OpenSet
 from retrieval.indexing.health import check as check_folder
 from retrieval.indexing.ingest import Embedded, dedupe, embed_into, hash_records
 from retrieval.indexing.network import embedder_for, model_for
@@ -67,6 +69,7 @@ class _Opened:
     entry: ModelEntry
     searcher: ShardSearch
     embedder: Embedder | None = None
+    openset: OpenSet | None = None
 
     def close(self) -> None:
         self.searcher.__exit__(None, None, None)
@@ -192,16 +195,21 @@ class Retriever:
         images: ImageInput | Sequence[ImageInput],
         *,
         k: int = 5,
-        min_score: float = 0.0,
+        min_score: float | None = None,
         vote: str = "weighted",
         progress: ProgressFactory = no_progress,
     ) -> list[Answer]:
         """One answer per image (a path, the bytes of an image file, a PIL image or a uint8
         array; one, or a sequence of them), in order, each by a k-NN vote over its ``k``
-        nearest gallery items: ``weighted`` by their cosine scores or by ``majority``; "unknown"
-        (label None) when the best score is under ``min_score``. A gallery item with the same
-        file content as the query is left out of its neighbours (a photo does not vote for
-        itself). Every path is checked before the first image is answered."""
+        nearest gallery items: ``weighted`` by their cosine scores or by ``majority``.
+
+        "Unknown" (label None) when the image is not like any label of the gallery: its
+        decision score (engine/openset.py) is under the threshold the index calibrated from its
+        own gallery; with ``min_score``, instead, when the best cosine score is under it (0:
+        never, the closed-set answer). ``confidence`` is the estimated probability that the
+        label is right (for an unknown answer: that the best label would be wrong). A gallery
+        item with the same file content as the query is left out of its neighbours (a photo
+        does not vote for itself). Every path is checked before the first image is answered."""
         batch: list[ImageInput] = [images] if _is_one(images) else list(images)  # type: ignore[list-item, arg-type]
         for i, image in enumerate(batch):
             if isinstance(image, _PATH_TYPES) and not Path(image).is_file():
@@ -218,7 +226,7 @@ class Retriever:
         images: Iterable[ImageInput],
         *,
         k: int = 5,
-        min_score: float = 0.0,
+        min_score: float | None = None,
         vote: str = "weighted",
     ) -> Iterator[Answer]:
         """``query`` of images one at a time as they come (e.g. paths read from a pipe)."""
@@ -232,7 +240,7 @@ class Retriever:
         *,
         name: str | None = None,
         k: int = 5,
-        min_score: float = 0.0,
+        min_score: float | None = None,
         vote: str = "weighted",
     ) -> Answer:
         """The answer for one image (see ``query``); ``name`` is what the answer and an error
@@ -247,8 +255,55 @@ class Retriever:
         hits = opened.searcher.neighbors(vector, sha, k)
         ids = len(opened.dirs) == 1  # shards number their items apart
         neighbors = [Neighbor(h.path, h.label, h.score, h.id if ids else None) for h in hits]
-        p = knn_vote(neighbors, k=k, method=vote, min_score=min_score)
-        return Answer(name, p.label, p.confidence, p.neighbors, time.perf_counter() - start)
+        p = knn_vote(neighbors, k=k, method=vote, min_score=-math.inf)
+        state = self._openset(opened)
+        score = float(state.scorer.score(vector)[0])
+        right = state.calibration.confidence(score) if p.neighbors else 0.0
+        threshold = state.calibration.threshold
+        why = None
+        if not p.neighbors:
+            why = "the index is empty"
+        elif min_score is not None:
+            if p.neighbors[0].score < min_score:
+                why = f"best score {p.neighbors[0].score:.3f} < --min-score {min_score:g}"
+        elif threshold is not None and score < threshold:
+            why = f"like no label of the index: decision score {score:.3f} < {threshold:.3f}"
+        label = None if why else p.label
+        return Answer(
+            name,
+            label,
+            right if label is not None else (1.0 - right if p.neighbors else 0.0),
+            p.neighbors,
+            time.perf_counter() - start,
+            vote_share=p.confidence,
+            decision=score,
+            unknown_because=why,
+        )
+
+    def _openset(self, opened: _Opened) -> OpenSet:
+        """The index's open-set state at the stores' generations, loaded (or made) when they
+        moved."""
+        state = opened.openset
+        generations = tuple(s.generation for s in opened.stores)
+        if state is None or state.generations != generations:
+            with self._lock:
+                state = opened.openset
+                if state is None or state.generations != generations:
+                    state = opened.openset = calibration.load(self.path, opened.stores)
+        return state
+
+    def calibrate(
+        self, *, known_accept: float | None = None, absent_share: float | None = None
+    ) -> Info:
+        """Calibrate the index anew from its gallery: for ``known_accept`` (the share of
+        queries of a label the gallery holds that must not be answered unknown; kept with the
+        index) and ``absent_share`` (the share of queries of species it lacks, that the
+        confidence assumes). Returns what ``info`` then shows."""
+        opened = self._writable()
+        opened.openset = calibration.recalibrate(
+            self.path, opened.stores, known_accept=known_accept, absent_share=absent_share
+        )
+        return self.info()
 
     def attention(self, images: Sequence[ImageInput]) -> list[AttentionMap] | None:
         """The spatial attention of the index's network over each image (the part of it the
@@ -334,6 +389,10 @@ class Retriever:
         keep, dupes = dedupe(records, shas, known)
         embedded = Embedded()
         if keep:
+
+            def committed(before: int, vectors: np.ndarray, labels: list[str]) -> None:
+                calibration.follow(self.path, opened.stores, target, before, vectors, labels, 1)
+
             embedded = embed_into(
                 target,
                 embedder,
@@ -341,7 +400,11 @@ class Retriever:
                 [shas[i] for i in keep],
                 progress,
                 "enrolling",
+                committed,
             )
+            if embedded.added:
+                with target.writing():
+                    calibration.refresh(self.path, opened.stores)
             if not embedded.added and not embedded.duplicates:
                 raise InputError(
                     f"none of the images for {label!r} could be read; nothing enrolled"
@@ -365,16 +428,30 @@ class Retriever:
         if (label is None) == (path is None):
             raise InputError("give exactly one of --label or --path")
         gone: list[Item] = []
-        for store in self._writable().stores:
+        opened = self._writable()
+        for store in opened.stores:
             with store.writing():
                 if label is not None:
-                    gone += store.remove_label(label)
+                    found = store.find(label=label)
                 else:
                     resolved = str(Path(path).resolve())  # type: ignore[arg-type]
-                    gone += store.remove_path(resolved) or store.remove_path(str(path))
+                    found = store.find(path=resolved) or store.find(path=str(path))
+                if not found:
+                    continue
+                _, vectors = store.vectors([i.id for i in found])
+                before = store.generation
+                if label is not None:
+                    removed = store.remove_label(label)
+                else:
+                    removed = store.remove_path(found[0].path)
+                labels = [i.label for i in removed]
+                calibration.follow(self.path, opened.stores, store, before, vectors, labels, -1)
+                gone += removed
         if not gone:
             what = f"items with label {label!r}" if label is not None else f"item with path {path}"
             raise InputError(f"no {what} in {self.path}")
+        with opened.stores[0].writing():
+            calibration.refresh(self.path, opened.stores)
         uploads.delete_copies(self.path, gone)
         return gone
 
@@ -398,6 +475,7 @@ class Retriever:
             index_type=m.index_type,
             layout=first.layout.to_json(),
             shards=len(opened.stores),
+            open_set=calibration.describe(self._openset(opened)),
         )
 
     def labels(self) -> dict[str, int]:
@@ -448,6 +526,8 @@ def build(
     shards: int = 1,
     ray: str | None = None,
     workers: int | None = None,
+    known_accept: float | None = None,
+    absent_share: float | None = None,
     progress: ProgressFactory = no_progress,
 ) -> BuildReport:
     """Embed every image of ``gallery`` (a folder per label, or a benchmark in its official
@@ -455,7 +535,9 @@ def build(
     swapped into place when complete (an existing one is replaced only with ``force``; an
     interrupted build is resumed by the same call). ``index_type`` "auto", "flat" or "ivf";
     ``shards`` > 1 makes a sharded index. With ``ray`` ("" or "host:port"), the images are
-    embedded on Ray by ``workers`` actors (default: one per CPU)."""
+    embedded on Ray by ``workers`` actors (default: one per CPU). The index calibrates its
+    "unknown" answer from the gallery for ``known_accept`` (default 0.95) and the confidence
+    for ``absent_share`` (default 0.2); see ``Retriever.calibrate``."""
     from retrieval.indexing.build import build_index
 
     options: dict[str, Any] = {
@@ -466,6 +548,8 @@ def build(
         "dataset": dataset,
         "index_type": index_type,
         "shards": shards,
+        "known_accept": known_accept,
+        "absent_share": absent_share,
         "progress": progress,
     }
     if ray is not None:

@@ -53,6 +53,8 @@ EVALUATE_JSON_KEYS = {
     "n_images",
     "n_classes",
     "model",
+    "open_set",
+    "ece",
 }
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -67,3 +69,16 @@ def gallery(tmp_path: Path) -> Path:
             sub = root / label / ("nested" if j == 3 else "")
             write_image(sub / f"{j}.png", color, seed=ci * 10 + j)
     return root
+
+
+@pytest.fixture
+def tiny_index(tmp_path: Path) -> Path:
+    """An index of the tiny network over 4 noisy images of each of COLORS, built through the
+    public API (tmp_path/g the gallery, tmp_path/idx the index)."""
+    import retrieval
+
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(4):
+            write_image(tmp_path / "g" / label / f"{j}.png", color, seed=10 * ci + j)
+    retrieval.build(tmp_path / "g", tmp_path / "idx", model="tiny")
+    return tmp_path / "idx"

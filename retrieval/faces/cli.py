@@ -172,6 +172,19 @@ def main() -> None:
     help="FAISS index: flat (exact), ivf (inverted lists, approximate), or auto: flat up to "
     f"{AUTO_IVF_ABOVE:,} images, then ivf.",
 )
+@click.option(
+    "--known-accept",
+    type=float,
+    default=None,
+    help="Calibrate 'unknown' so that this share of photos of labels the index holds is "
+    "answered (default 0.95; 'retrieve calibrate' changes it later).",
+)
+@click.option(
+    "--absent-share",
+    type=float,
+    default=None,
+    help="Share of queries of species the index lacks that the confidence assumes (default 0.2).",
+)
 @_ray_option("Embed on Ray")
 @click.option(
     "--workers",
@@ -195,6 +208,8 @@ def build_index_cmd(
     batch_size: int,
     force: bool,
     index_type: str,
+    known_accept: float | None,
+    absent_share: float | None,
     ray_address: str | None,
     workers: int | None,
     shards: int,
@@ -220,6 +235,8 @@ def build_index_cmd(
         shards=shards,
         ray=ray_address,
         workers=workers,
+        known_accept=known_accept,
+        absent_share=absent_share,
         progress=_bar,
     )
     _warn_skipped(report.skipped, "unreadable or non-image files")
@@ -251,9 +268,9 @@ def build_index_cmd(
 @click.option(
     "--min-score",
     type=float,
-    default=0.0,
-    show_default=True,
-    help="Answer 'unknown' when the best cosine score is below this.",
+    default=None,
+    help="Answer 'unknown' when the best cosine score is below this, instead of the index's "
+    "own calibrated rule (0: never unknown, the closed-set answer).",
 )
 @click.option(
     "--vote",
@@ -283,7 +300,7 @@ def query_cmd(
     images: tuple[Path, ...],
     index_dir: Path,
     k: int,
-    min_score: float,
+    min_score: float | None,
     method: str,
     model: str | None,
     as_json: bool,
@@ -312,14 +329,14 @@ def query_cmd(
         answered = []
         for a in answers:
             seconds.append(a.seconds)
-            _show_answer(a, min_score, as_json)
+            _show_answer(a, as_json)
             if show is not None:
                 answered.append(a)
         if show is not None:
             from retrieval.faces.visual import write_answer
 
             maps = r.attention([a.query for a in answered])
-            write_answer(show, answered, maps, min_score=min_score)
+            write_answer(show, answered, maps)
             click.echo(f"wrote {show}", err=True)
     if timing and seconds:
         import numpy as np
@@ -328,13 +345,13 @@ def query_cmd(
         click.echo(f"{len(seconds)} images: p50 {p50:.1f} ms, p95 {p95:.1f} ms per image", err=True)
 
 
-def _show_answer(p: Answer, min_score: float, as_json: bool) -> None:
+def _show_answer(p: Answer, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(p.to_json(), ensure_ascii=False))
         return
     if p.label is None:
-        best = f"best score {p.neighbors[0].score:.3f}" if p.neighbors else "empty index"
-        click.echo(f"{p.query}: unknown ({best} < --min-score {min_score:g})")
+        near = f"; nearest: {', '.join(p.suggestions[:3])}" if p.suggestions else ""
+        click.echo(f"{p.query}: unknown ({p.unknown_because}{near})")
     else:
         click.echo(f"{p.query}: {p.label}  (confidence {p.confidence:.2f})")
     for n in p.neighbors:
@@ -396,9 +413,47 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
         f"search    {i.layout['type']}{f' ({layout})' if layout else ''}; --index-type {i.index_type}"
     )
     click.echo(f"items     {i.count} in {len(i.labels)} labels")
+    click.echo(f"unknown   {_open_set_line(i.open_set)}")
     width = max((len(lab) for lab in i.labels), default=0)
     for lab, n in i.labels.items():
         click.echo(f"  {lab:<{width}}  {n}")
+
+
+def _open_set_line(o: dict | None) -> str:
+    if not o or o["threshold"] is None:
+        return "never (no label has two items to calibrate from)"
+    on = o["calibrated_on"]
+    return (
+        f"below decision score {o['threshold']:.3f} (calibrated for --known-accept "
+        f"{o['known_accept']:g} on {on['items']} items of {on['labels']} labels; confidence for "
+        f"--absent-share {o['absent_share']:g})"
+    )
+
+
+@main.command("calibrate")
+@_index_option
+@click.option(
+    "--known-accept",
+    type=float,
+    default=None,
+    help="Share of photos of labels the index holds that must not be answered 'unknown' "
+    "(kept with the index; 0.95 when built).",
+)
+@click.option(
+    "--absent-share",
+    type=float,
+    default=None,
+    help="Share of queries of species the index lacks that the confidence assumes (kept with "
+    "the index; 0.2 when built).",
+)
+def calibrate_cmd(index_dir: Path, known_accept: float | None, absent_share: float | None) -> None:
+    """Calibrate the index's 'unknown' answer and confidence anew from its own gallery
+    (enroll, remove and build-index do it when the gallery changed enough)."""
+    import retrieval
+
+    with retrieval.Retriever(index_dir) as r:
+        i = r.calibrate(known_accept=known_accept, absent_share=absent_share)
+    click.echo(f"unknown   {_open_set_line(i.open_set)}")
 
 
 @main.command("check")
@@ -594,6 +649,12 @@ def evaluate_cmd(
         for n, acc in m["enrollment"].items()
     )
     click.echo("enrolment: " + "  ".join(shots))
+    o = m["open_set"]
+    rates = "  ".join(
+        f"{name} {'n/a' if o[key] is None else f'{o[key]:.3f}'}"
+        for name, key in (("known right", "known_right"), ("absent unknown", "absent_rejected"))
+    )
+    click.echo(f"open world: AUROC {o['auroc']:.3f}  {rates}  ECE {m['ece']:.3f}")
 
 
 SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart")

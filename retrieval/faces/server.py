@@ -53,7 +53,7 @@ class Gallery:
     def close(self) -> None:
         self.retriever.close()
 
-    def query(self, upload: UploadFile, *, k: int, min_score: float, method: str) -> Answer:
+    def query(self, upload: UploadFile, *, k: int, min_score: float | None, method: str) -> Answer:
         name = upload.filename or "upload"
         data = upload.file.read()
         return self.retriever.answer(data, name=name, k=k, min_score=min_score, vote=method)
@@ -154,7 +154,13 @@ def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLO
     def query(
         file: Annotated[UploadFile, File(description="The photo to classify")],
         k: Annotated[int, Query(ge=1, description="Neighbours that vote")] = 5,
-        min_score: Annotated[float, Query(description="'unknown' below this best score")] = 0.0,
+        min_score: Annotated[
+            float | None,
+            Query(
+                description="'unknown' below this best cosine score, instead of the index's own "
+                "calibrated rule (0: never unknown)"
+            ),
+        ] = None,
         vote: Annotated[Literal["weighted", "majority"], Query()] = "weighted",
     ) -> dict[str, Any]:
         return gallery.query(file, k=k, min_score=min_score, method=vote).to_json()

@@ -33,6 +33,7 @@ from retrieval.datasets.folders import Record
 from retrieval.engine.embed import Embedder, EmbedResult
 from retrieval.engine.runtime import ONNX_FILE, onnx_entry
 from retrieval.errors import InputError
+from retrieval.indexing.calibration import check_settings, recalibrate
 from retrieval.indexing.ingest import Embedded, commit_parts, dedupe, hash_records, local_parts
 from retrieval.indexing.shards import deal, is_sharded, shard_name, write_shards
 from retrieval.progress import ProgressFactory, no_progress
@@ -262,6 +263,8 @@ def build_index(
     index_type: str = "auto",
     shards: int = 1,
     embedding: Embedding = LOCAL,
+    known_accept: float | None = None,
+    absent_share: float | None = None,
     progress: ProgressFactory = no_progress,
 ) -> BuildReport:
     """Embed every image of a gallery into a new index at ``index_dir``: a folder with one
@@ -278,6 +281,7 @@ def build_index(
     embedded again (anything else in it is dropped); begun with another model, it starts over.
     """
     target = Path(index_dir)
+    check_settings(known_accept, absent_share)
     if shards < 1:
         raise InputError(f"--shards must be at least 1, not {shards}")
     if IndexStore.is_index(target) or is_sharded(target):
@@ -321,6 +325,7 @@ def build_index(
         if total == 0:
             shutil.rmtree(staging)
             raise InputError(f"no image in {gallery} could be read; nothing indexed")
+        _calibrate(staging, folders, known_accept, absent_share)
         _swap_into_place(staging, target)
     finally:
         lock.release()
@@ -339,6 +344,19 @@ def build_index(
         resumed=sum(f.resumed for f in filled),
         shards=shards,
     )
+
+
+def _calibrate(
+    root: Path, folders: Sequence[Path], known_accept: float | None, absent_share: float | None
+) -> None:
+    """The open-set state of the complete staging index (retrieval/indexing/calibration.py),
+    made before it is swapped into place, so that its first query finds it."""
+    stores = [IndexStore.open(f) for f in folders]
+    try:
+        recalibrate(root, stores, known_accept=known_accept, absent_share=absent_share)
+    finally:
+        for store in stores:
+            store.close()
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:

@@ -56,9 +56,17 @@ async function ask(file) {
   form.append("file", file, file.name);
   try {
     const r = await call("POST", "/query?k=5", form);
+    const nearest = [...new Set(r.neighbors.map((n) => n.label))].slice(0, 3).join(", ");
     $("answer-label").textContent = r.label === null ? "unknown" : r.label;
-    $("answer-confidence").textContent =
-      r.label === null ? "(nothing close enough)" : `(confidence ${r.confidence.toFixed(2)})`;
+    if (r.label === null) {
+      $("answer-confidence").textContent = nearest
+        ? `(like no label of this index; nearest: ${nearest})`
+        : "(the index is empty)";
+      $("enroll-title").textContent = "New here? Enrol this photo under a new label";
+    } else {
+      $("answer-confidence").textContent = `(confidence ${r.confidence.toFixed(2)})`;
+      $("enroll-title").textContent = "Enrol this photo";
+    }
     showNeighbors(r.neighbors);
   } catch (e) {
     $("answer-label").textContent = "—";
