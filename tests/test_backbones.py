@@ -23,7 +23,7 @@ def lite0():
 def imagenet_logits(lite0: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The packaged ImageNet classifier of Lite0 on its pooled features (which the retrieval
     network never uses: it checks the weights)."""
-    return lite0._fc(lite0.features(x).mean(dim=(2, 3)))
+    return lite0._fc(lite0.forward_stages(x).mean(dim=(2, 3)))
 
 
 def test_lite0_logits_match_reference_implementation(lite0):
@@ -48,7 +48,7 @@ def test_daisy_is_imagenet_daisy(lite0):
 
 def test_features_any_input_size(lite0):
     with torch.no_grad():
-        f = lite0.features(torch.randn(1, 3, 200, 170))
+        f = lite0.forward_stages(torch.randn(1, 3, 200, 170))
     assert f.shape[:2] == (1, 1280)
 
 

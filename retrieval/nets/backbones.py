@@ -42,9 +42,6 @@ class Backbone(nn.Module):
             x = stage(x)
         return x
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_stages(x)
-
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state)
 
