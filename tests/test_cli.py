@@ -133,10 +133,11 @@ def test_build_refuses_existing_index_without_force(built: Path, gallery: Path):
     r = run("build-index", gallery, "--index", built, "--model", "tiny", ok=False)
     assert r.exit_code != 0 and "--force" in r.output
     assert snapshot(built) == before
-    shutil_gallery = gallery / "red"
+    (gallery / "red" / "0.png").unlink()
     run("build-index", gallery, "--index", built, "--model", "tiny", "--force")
-    assert json.loads(run("info", "--index", built, "--json").output)["count"] == 12
-    assert shutil_gallery.exists()
+    info = json.loads(run("info", "--index", built, "--json").output)
+    assert (info["count"], info["labels"]) == (11, {"blue": 4, "green": 4, "red": 3})
+    assert [p.name for p in built.parent.iterdir() if p.name.startswith(".")] == []
 
 
 def test_bad_gallery_inputs(tmp_path: Path, built: Path, gallery: Path):
