@@ -14,10 +14,10 @@ from retrieval.faces.cli import main
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def run(*args: object, ok: bool = True) -> Result:
-    """``retrieve ARGS`` through click's CliRunner (stderr in the output); with ``ok``, it must
-    exit 0."""
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+def run(*args: object, ok: bool = True, input: str | None = None) -> Result:
+    """``retrieve ARGS`` through click's CliRunner (stderr in the output), ``input`` its stdin;
+    with ``ok``, it must exit 0."""
+    result = CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
     if ok:
         assert result.exit_code == 0, result.output
     return result

@@ -8,9 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from retrieval.faces.cli import main
 
 from .conftest import COLORS, run, write_image
 
@@ -71,9 +68,7 @@ def test_query_paths_from_stdin_with_timing(built: Path, tmp_path: Path):
         for j, (label, color) in enumerate(COLORS.items())
     }
     stdin = "".join(f"{p}\n" for p in queries.values()) + "\n"
-    args = ["query", "-", "--index", str(built), "--json", "--timing"]
-    result = CliRunner().invoke(main, args, input=stdin, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    result = run("query", "-", "--index", built, "--json", "--timing", input=stdin)
     objs = [json.loads(line) for line in result.stdout.splitlines()]
     assert [o["query"] for o in objs] == [str(p) for p in queries.values()]
     assert [o["label"] for o in objs] == list(queries)
@@ -86,7 +81,7 @@ def test_query_paths_from_stdin_with_timing(built: Path, tmp_path: Path):
 def test_query_stdin_stops_at_a_missing_path(built: Path, tmp_path: Path):
     good = write_image(tmp_path / "g.png", COLORS["green"], seed=77)
     stdin = f"{good}\n{tmp_path / 'missing.png'}\n{good}\n"
-    result = CliRunner().invoke(main, ["query", "-", "--index", str(built)], input=stdin)
+    result = run("query", "-", "--index", built, input=stdin, ok=False)
     assert result.exit_code == 1
     assert result.stdout.startswith(f"{good}: green")
     assert "missing.png does not exist" in result.stderr
