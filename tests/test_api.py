@@ -15,7 +15,7 @@ from PIL import Image
 import retrieval
 from retrieval.errors import InputError
 
-from .conftest import COLORS, write_image
+from .helpers import COLORS, write_image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -12,7 +12,7 @@ from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import ModelError
 from retrieval.nets.backbones import create_backbone
 
-from .conftest import need_shared
+from .helpers import need_shared
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import COLORS, run, write_image
+from .helpers import COLORS, run, write_image
 
 
 def snapshot(index: Path) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ from retrieval.indexing.build import build_index
 from retrieval.nets import export
 from retrieval.nets.model import load_model
 
-from .conftest import COLORS, need_shared, run, write_image
+from .helpers import COLORS, need_shared, run, write_image
 
 
 def real_images(n: int) -> list[Record]:

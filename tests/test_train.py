@@ -17,7 +17,7 @@ from retrieval.errors import InputError
 from retrieval.nets.model import load_model
 from retrieval.training.train import held_out_classes, pca_whitening, split_classes, train
 
-from .conftest import write_image
+from .helpers import write_image
 
 COLORS = [
     (220, 30, 30),

@@ -24,8 +24,18 @@ from index import IndexStore, Layout, backend
 from retrieval.cluster.distributed import RayEmbedding, build_index_on_ray
 from retrieval.indexing.shards import shard_dirs
 
-from ..reliability.conftest import COMMAND_ENV, REPO, record, retrieve_exe, write_gallery
-from .conftest import answers, descendants_named, gallery_queries, run, same_answers
+from ..helpers import (
+    COMMAND_ENV,
+    REPO,
+    answers,
+    gallery_queries,
+    record,
+    retrieve_exe,
+    run,
+    same_answers,
+    write_gallery,
+)
+from .conftest import descendants_named
 
 pytestmark = pytest.mark.slow
 

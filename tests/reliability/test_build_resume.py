@@ -16,8 +16,8 @@ from index import IndexLockedError, IndexStore, aside_name, sha256_file
 from retrieval.indexing.build import build_index, staging_dir
 from retrieval.nets.model import load_model, save_model_dir
 
-from ..conftest import run, write_image
-from .conftest import hold_lock, stray_files, write_gallery, write_images
+from ..helpers import run, write_gallery, write_image, write_images
+from .helpers import hold_lock, stray_files
 
 N_LABELS, PER_LABEL = 3, 200  # 600 images: two whole chunks of 256 and a rest of 88
 

@@ -20,8 +20,7 @@ from click.testing import Result
 from index import backend
 from retrieval.indexing.build import build_index
 
-from ..conftest import COLORS, run, write_image
-from ..index.helpers import db_generation, sidecar
+from ..helpers import COLORS, db_generation, run, sidecar, write_image
 
 Fault = Callable[[Path], None]
 

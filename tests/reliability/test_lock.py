@@ -18,8 +18,8 @@ from index import Hit, IndexLockedError, IndexStore, IndexStoreError
 from index.fsutil import exchange
 from index.lock import writer_lock
 
-from ..index.helpers import DIM, MODEL, add_items, cache_is_current, unit_rows
-from .conftest import hold_lock, python
+from ..helpers import DIM, MODEL, add_items, cache_is_current, unit_rows
+from .helpers import hold_lock, python
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import torch
 from retrieval.indexing.build import build_index
 from retrieval.nets.model import load_model, save_model_dir
 
-from ..conftest import COLORS, run, write_image
+from ..helpers import COLORS, run, write_image
 
 Tamper = Callable[[Path], None]
 

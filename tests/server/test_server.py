@@ -16,7 +16,7 @@ from PIL import Image
 
 from retrieval.indexing.build import build_index
 
-from ..conftest import COLORS, run, write_image
+from ..helpers import COLORS, run, write_image
 from .helpers import running
 
 PURPLE = (150, 30, 200)
