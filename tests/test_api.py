@@ -16,7 +16,7 @@ import retrieval
 from retrieval.datasets.synthetic import make_gallery
 from retrieval.errors import InputError
 
-from .conftest import COLORS, write_image
+from .helpers import COLORS, write_image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -30,4 +30,11 @@ def test_demo_builds_queries_and_enrols(tmp_path: Path):
     before = int(re.search(r"before enrolment: (\d+)/", out).group(1))
     after = int(re.search(r"after enrolling 5 examples: (\d+)/", out).group(1))
     assert before == 0 and after > before
-    assert "items     89 in 8 labels" in out
+    # `retrieve info` at the end: 89 items in 8 labels, the enrolled one among them with its 5.
+    new_label = re.search(r"'([^']+)' after enrolling 5 examples", out).group(1)
+    lines = out.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if line.startswith("items ")]
+    assert lines[at].split()[1:] == ["89", "in", "8", "labels"]
+    rows = [line.rsplit(maxsplit=1) for line in lines[at + 1 :]]
+    table = {label.strip(): int(n) for label, n in rows}
+    assert len(table) == 8 and sum(table.values()) == 89 and table[new_label] == 5

@@ -16,7 +16,7 @@ from retrieval.datasets.synthetic import make_gallery
 from retrieval.engine.openset import Stats
 from retrieval.indexing.calibration import FILE, OpenSet
 
-from .conftest import COLORS, run, write_image
+from .helpers import COLORS, run, write_image
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from retrieval.training.metrics import (
     recall_curve,
 )
 
-from .conftest import COLORS, EVALUATE_JSON_KEYS, run, write_image
+from .helpers import COLORS, EVALUATE_JSON_KEYS, run, write_image
 
 
 def unit(angles_deg: list[float]) -> np.ndarray:

@@ -31,7 +31,7 @@ from retrieval.faces.visual import (
 )
 from retrieval.nets.model import load_model, save_model_dir
 
-from .conftest import COLORS, run, write_image
+from .helpers import COLORS, run, write_image
 
 
 class Page(HTMLParser):

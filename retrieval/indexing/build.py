@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -69,29 +68,10 @@ def staging_dir(index_dir: str | Path) -> Path:
 
 
 def stray_builds(target: Path) -> list[Path]:
-    """Folders beside ``target`` that interrupted builds left and nothing will use: the
-    pid-named staging and old folders of earlier versions (of processes that are gone), and a
-    parked old index (see fsutil.exchange) once ``target`` is in place again."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:building|old)-(\d+)")
-    found = []
-    for entry in sorted(target.parent.iterdir()) if target.parent.is_dir() else []:
-        match = pattern.fullmatch(entry.name)
-        if match and entry.is_dir() and not _alive(int(match.group(1))):
-            found.append(entry)
+    """Folders beside ``target`` that interrupted builds left and nothing will use: a parked old
+    index (see fsutil.exchange) once ``target`` is in place again."""
     aside = aside_name(target)
-    if aside.is_dir() and target.exists():
-        found.append(aside)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        pass
-    return True
+    return [aside] if aside.is_dir() and target.exists() else []
 
 
 def _holds_files(folder: Path) -> bool:

@@ -19,17 +19,8 @@ import pytest
 
 from index import IndexStore
 
-from .helpers import (
-    DIM,
-    MODEL,
-    add_items,
-    assert_matches_reference,
-    brute_force,
-    cache_is_current,
-    db_generation,
-    sidecar,
-    unit_rows,
-)
+from ..helpers import DIM, MODEL, add_items, cache_is_current, db_generation, sidecar, unit_rows
+from .helpers import assert_matches_reference, brute_force
 
 REPO = Path(__file__).resolve().parents[2]
 

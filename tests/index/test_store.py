@@ -11,15 +11,8 @@ import pytest
 
 from index import FORMAT_VERSION, IndexStore, IndexStoreError, Item
 
-from .helpers import (
-    DIM,
-    MODEL,
-    add_items,
-    assert_matches_reference,
-    brute_force,
-    fake_sha,
-    unit_rows,
-)
+from ..helpers import DIM, MODEL, add_items, fake_sha, unit_rows
+from .helpers import assert_matches_reference, brute_force
 
 
 def test_create_writes_manifest(store: IndexStore, root: Path) -> None:

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import Result
 
 from index import backend
-from retrieval.faces.cli import main
 from retrieval.indexing.build import build_index
 
-from ..conftest import COLORS, write_image
-from ..index.helpers import db_generation, sidecar
+from ..helpers import COLORS, db_generation, run, sidecar, write_image
 
 Fault = Callable[[Path], None]
 
@@ -42,8 +40,8 @@ def index(pristine: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "idx"))
 
 
-def check(index: Path, *flags: str):
-    return CliRunner().invoke(main, ["check", "--index", str(index), *flags])
+def check(index: Path, *flags: str) -> Result:
+    return run("check", "--index", index, *flags, ok=False)
 
 
 def files(index: Path) -> dict[str, bytes]:
@@ -222,8 +220,7 @@ def test_states_that_heal_themselves_are_notes(index: Path, tmp_path: Path):
     """An older cache pair (a writer killed between commit and rewrite) and a temp file (one
     killed mid-rewrite) leave the index usable: check notes them, exit 0; repair clears them."""
     old = {n: (index / n).read_bytes() for n in ("vectors.faiss", "vectors.faiss.json")}
-    runner = CliRunner()
-    assert runner.invoke(main, ["remove", "--index", str(index), "--label", "red"]).exit_code == 0
+    run("remove", "--index", index, "--label", "red")
     for name, data in old.items():
         (index / name).write_bytes(data)
     (index / ".vectors.faiss.0123456789abcdef.tmp").write_bytes(b"half a file")

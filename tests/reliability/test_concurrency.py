@@ -17,8 +17,8 @@ import pytest
 from index import IndexStore
 from retrieval.indexing.build import build_index
 
-from ..conftest import write_image
-from .conftest import COMMAND_ENV, palette, record, retrieve, retrieve_exe, write_gallery
+from ..helpers import COMMAND_ENV, palette, record, retrieve_exe, write_gallery, write_image
+from .helpers import retrieve
 
 # Subprocess-heavy (minutes): run with the reliability folder, not in the quick suite.
 pytestmark = pytest.mark.slow

@@ -43,14 +43,8 @@ from retrieval.indexing.build import build_index, staging_dir
 from retrieval.indexing.ingest import CHUNK
 from retrieval.nets.model import load_model
 
-from .conftest import (
-    COMMAND_ENV,
-    record,
-    retrieve_exe,
-    stray_files,
-    write_gallery,
-    write_images,
-)
+from ..helpers import COMMAND_ENV, record, retrieve_exe, write_gallery, write_images
+from .helpers import stray_files
 
 # Subprocess-heavy (minutes): run with the reliability folder, not in the quick suite.
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import uvicorn
 from retrieval.faces.server import create_app
 from retrieval.indexing.build import build_index
 
-from ..conftest import COLORS, write_image
+from ..helpers import COLORS, write_image
 
 
 def build_tiny_index(root: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..conftest import COLORS, write_image
+from ..helpers import COLORS, write_image
 from .helpers import running
 
 CHROMIUM = Path("/usr/bin/chromium")
