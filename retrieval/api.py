@@ -28,7 +28,7 @@ from PIL import Image
 from index import MANIFEST, CheckReport, IndexStore, Item
 from retrieval.datasets import DatasetOptions
 from retrieval.datasets.folders import Record, collect_images, validate_label
-from retrieval.engine.classify import VOTES, Neighbor
+from retrieval.engine.classify import RULES, Neighbor, Prediction, nearest_prototype, share
 from retrieval.engine.classify import vote as knn_vote
 from retrieval.engine.embed import Embedder
 from retrieval.engine.images import ImageInput, decode_input
@@ -196,12 +196,14 @@ class Retriever:
         *,
         k: int = 5,
         min_score: float | None = None,
-        vote: str = "weighted",
+        vote: str = "prototype",
         progress: ProgressFactory = no_progress,
     ) -> list[Answer]:
         """One answer per image (a path, the bytes of an image file, a PIL image or a uint8
-        array; one, or a sequence of them), in order, each by a k-NN vote over its ``k``
-        nearest gallery items: ``weighted`` by their cosine scores or by ``majority``.
+        array; one, or a sequence of them), in order, each from its ``k`` nearest gallery
+        items: by default (``vote="prototype"``) the label among theirs whose mean (prototype)
+        is nearest the image; or their vote, ``weighted`` by their cosine scores or by
+        ``majority``.
 
         "Unknown" (label None) when the image is not like any label of the gallery: its
         decision score (engine/openset.py) is under the threshold the index calibrated from its
@@ -227,7 +229,7 @@ class Retriever:
         *,
         k: int = 5,
         min_score: float | None = None,
-        vote: str = "weighted",
+        vote: str = "prototype",
     ) -> Iterator[Answer]:
         """``query`` of images one at a time as they come (e.g. paths read from a pipe)."""
         _check_vote(k, vote)
@@ -241,7 +243,7 @@ class Retriever:
         name: str | None = None,
         k: int = 5,
         min_score: float | None = None,
-        vote: str = "weighted",
+        vote: str = "prototype",
     ) -> Answer:
         """The answer for one image (see ``query``); ``name`` is what the answer and an error
         call it (default: its path)."""
@@ -255,8 +257,13 @@ class Retriever:
         hits = opened.searcher.neighbors(vector, sha, k)
         ids = len(opened.dirs) == 1  # shards number their items apart
         neighbors = [Neighbor(h.path, h.label, h.score, h.id if ids else None) for h in hits]
-        p = knn_vote(neighbors, k=k, method=vote, min_score=-math.inf)
         state = self._openset(opened)
+        p = knn_vote(
+            neighbors, k=k, method="weighted" if vote == "prototype" else vote, min_score=-math.inf
+        )
+        if vote == "prototype":
+            chosen = nearest_prototype(vector[0], neighbors, state.scorer.prototype, k) or p.label
+            p = Prediction(chosen, share(neighbors, chosen, k), p.neighbors)
         score = float(state.scorer.score(vector)[0])
         right = state.calibration.confidence(score) if p.neighbors else 0.0
         threshold = state.calibration.threshold
@@ -494,8 +501,8 @@ class Retriever:
 def _check_vote(k: int, method: str) -> None:
     if k < 1:
         raise InputError(f"-k must be at least 1, not {k}")
-    if method not in VOTES:
-        raise InputError(f"--vote must be one of {', '.join(VOTES)}, not {method!r}")
+    if method not in RULES:
+        raise InputError(f"--vote must be one of {', '.join(RULES)}, not {method!r}")
 
 
 def _png(image: ImageInput, name: str) -> bytes:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.engine.classify import Neighbor, vote
+from retrieval.engine.classify import Neighbor, nearest_prototype
 
 ALPHA = 0.9  # shrinkage toward the identity (cosine geometry)
 KNOWN_ACCEPT = 0.95  # share of known queries the threshold keeps
@@ -232,6 +232,12 @@ class Scorer:
         self.dim = stats.dim
         self._um = self.means @ shape.within.u
         self._mm = (self.means * self.means).sum(1)
+        self._code = {label: i for i, label in enumerate(self.labels)}
+
+    def prototype(self, label: str) -> np.ndarray | None:
+        """The mean of ``label``'s vectors, or None when the gallery has none."""
+        i = self._code.get(label)
+        return None if i is None else self.means[i]
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """(m, C): the size-corrected Mahalanobis distance of each query to each class mean."""
@@ -308,16 +314,31 @@ def knn(
     return np.take_along_axis(scores, order, 1), np.take_along_axis(top, order, 1)
 
 
-def votes(scores: np.ndarray, rows: np.ndarray, labels: np.ndarray, k: int) -> list[str | None]:
-    """The weighted k-NN vote (classify.vote) of each row of ``knn``'s answer."""
+def _labels(
+    q: np.ndarray,
+    scores: np.ndarray,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    scorer: Scorer,
+    own: np.ndarray,
+    own_mean: np.ndarray,
+    k: int,
+) -> list[str | None]:
+    """The label each left-out probe gets by the default rule (classify.nearest_prototype), its
+    own class's mean taken without it."""
     out = []
-    for srow, irow in zip(scores, rows, strict=True):
+    for j in range(len(q)):
         neighbors = [
             Neighbor("", str(labels[i]), float(s))
-            for s, i in zip(srow, irow, strict=True)
+            for s, i in zip(scores[j], rows[j], strict=True)
             if s > -np.inf
         ]
-        out.append(vote(neighbors, k=k).label)
+        mine = scorer.labels[own[j]]
+
+        def prototype(label: str, j: int = j, mine: str = mine) -> np.ndarray | None:
+            return own_mean[j] if label == mine else scorer.prototype(label)
+
+        out.append(nearest_prototype(q[j], neighbors, prototype, k))
     return out
 
 
@@ -419,7 +440,7 @@ def calibrate(
         hide = np.zeros((len(rows), len(x)), bool)
         hide[idx, rows] = True
         s, nn = knn(q, x, k, hide)
-        k_right.append(np.array(votes(s, nn, y, k), dtype=object) == y[rows])
+        k_right.append(np.array(_labels(q, s, nn, y, scorer, c, own_mean, k)) == y[rows])
     known_scores = np.concatenate(k_score) if k_score else np.zeros(0)
     known_right = np.concatenate(k_right).astype(bool) if k_right else np.zeros(0, bool)
 

@@ -275,8 +275,10 @@ def build_index_cmd(
 @click.option(
     "--vote",
     "method",
-    type=click.Choice(["weighted", "majority"]),
-    default="weighted",
+    type=click.Choice(["prototype", "weighted", "majority"]),
+    default="prototype",
+    help="prototype: of the neighbours' labels, the one whose mean is nearest the image; "
+    "weighted / majority: the neighbours' vote.",
     show_default=True,
 )
 @click.option("--model", default=None, help="Check that the index was built with this model.")

@@ -161,7 +161,7 @@ def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLO
                 "calibrated rule (0: never unknown)"
             ),
         ] = None,
-        vote: Annotated[Literal["weighted", "majority"], Query()] = "weighted",
+        vote: Annotated[Literal["prototype", "weighted", "majority"], Query()] = "prototype",
     ) -> dict[str, Any]:
         return gallery.query(file, k=k, min_score=min_score, method=vote).to_json()
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.engine import openset
-from retrieval.engine.classify import Neighbor, vote
+from retrieval.engine.classify import Neighbor, nearest_prototype, vote
 
 BLOCK = 1024
 
@@ -86,11 +86,15 @@ def knn_accuracy(
     query_labels: Sequence[str],
     *,
     k: int = 5,
-    method: str = "weighted",
+    method: str = "prototype",
 ) -> float:
-    """Top-1 accuracy of the k-NN vote of each query over the gallery (same rule as ``query``)."""
+    """Top-1 accuracy of each query's label from its k nearest gallery items, by the rule
+    ``query`` uses (``prototype``: of their labels, the one whose gallery mean is nearest; or
+    their ``weighted`` / ``majority`` vote)."""
     if len(query_labels) == 0:
         return 0.0
+    names = np.asarray(gallery_labels)
+    means = {lab: gallery[names == lab].mean(0) for lab in dict.fromkeys(gallery_labels)}
     correct = 0
     for s in range(0, len(queries), BLOCK):
         sim = queries[s : s + BLOCK] @ gallery.T
@@ -98,14 +102,19 @@ def knn_accuracy(
         top = np.argsort(-sim, axis=1)[:, :kk]
         for row, (qi, order) in enumerate(zip(range(s, s + len(sim)), top, strict=True)):
             neighbors = [Neighbor("", gallery_labels[j], float(sim[row, j])) for j in order]
-            correct += vote(neighbors, k=kk, method=method).label == query_labels[qi]
+            if method == "prototype":
+                label = nearest_prototype(queries[qi], neighbors, means.get, kk)
+            else:
+                label = vote(neighbors, k=kk, method=method).label
+            correct += label == query_labels[qi]
     return correct / len(query_labels)
 
 
 def enrollment_accuracy(
     x: np.ndarray, labels: Sequence[str], shots: int, *, seed: int = 0, k: int = 5
 ) -> float | None:
-    """Enrol ``shots`` random images per class (seeded), classify all the others by k-NN vote.
+    """Enrol ``shots`` random images per class (seeded), classify all the others as ``query``
+    does (knn_accuracy's prototype rule).
 
     Classes with no image left to classify are skipped; None when no class has enough images.
     """
@@ -275,9 +284,21 @@ def open_set_run(
     shape = openset.Shape.of(stats)
     calibration = openset.calibrate(g, list(y[gallery]), stats, shape, k=k)
     queries = np.r_[known, absent]
-    scores = openset.Scorer(stats, shape).score(x[queries])
+    scores = openset.Scorer(stats, shape).score(x[queries])  # each alone: no query helps another
     s, rows = openset.knn(x[queries], g, k, np.zeros((len(queries), len(g)), bool))
-    voted = np.array(openset.votes(s, rows, y[gallery], k), dtype=object)
+    scorer = openset.Scorer(stats, shape)
+    voted = np.array(
+        [
+            nearest_prototype(
+                x[q],
+                [Neighbor("", str(y[gallery][i]), float(v)) for v, i in zip(sr, ir, strict=True)],
+                scorer.prototype,
+                k,
+            )
+            for q, sr, ir in zip(queries, s, rows, strict=True)
+        ],
+        dtype=object,
+    )
     is_known = np.r_[np.ones(len(known), bool), np.zeros(len(absent), bool)]
     closed_right = is_known & (voted == y[queries])
     threshold = calibration.threshold
