@@ -483,6 +483,7 @@ class Retriever:
             layout=first.layout.to_json(),
             shards=len(opened.stores),
             open_set=calibration.describe(self._openset(opened)),
+            flip=bool(opened.entry.spec and opened.entry.spec.get("flip")),
         )
 
     def labels(self) -> dict[str, int]:

@@ -81,6 +81,7 @@ class Info:
     layout: dict[str, Any]
     shards: int = 1
     open_set: dict[str, Any] | None = None
+    flip: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -92,6 +93,7 @@ class Info:
             "index_type": self.index_type,
             "faiss": self.layout,
             "open_set": self.open_set,
+            "flip": self.flip,
         }
         if self.shards > 1:
             out["shards"] = self.shards

@@ -34,6 +34,7 @@ def test_build_then_info(built: Path):
         "index_type": "auto",
         "faiss": {"type": "flat"},
         "open_set": out["open_set"],
+        "flip": False,
     }
     open_set = out["open_set"]
     assert open_set["method"] == "relative-mahalanobis" and open_set["known_accept"] == 0.95

@@ -408,7 +408,8 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
         click.echo(json.dumps(i.to_json(), ensure_ascii=False))
         return
     click.echo(f"index     {i.index}")
-    click.echo(f"model     {i.model} (fingerprint {i.fingerprint}), {i.dim}-d")
+    flip = "; each image averaged with its mirror image (2 passes)" if i.flip else ""
+    click.echo(f"model     {i.model} (fingerprint {i.fingerprint}), {i.dim}-d{flip}")
     click.echo(f"format    {i.format_version}")
     layout = ", ".join(f"{k} {v}" for k, v in i.layout.items() if k != "type")
     click.echo(
