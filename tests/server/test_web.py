@@ -85,7 +85,11 @@ def test_the_page_answers_a_photo_and_enrols_one(browser, index: Path, tmp_path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "web-query.png"))
 
-        assert answer_for(purple) != "purple"
+        assert answer_for(purple) == "unknown"  # no purple in the index: unknown by default
+        said = browser.find_element(By.ID, "answer-confidence").text
+        assert said.startswith("(like no label of this index; nearest: ")
+        assert browser.find_element(By.ID, "enroll-title").text.startswith("New here?")
+        assert browser.save_screenshot(str(ARTIFACTS / "web-unknown.png"))
         browser.find_element(By.ID, "enroll-label").send_keys("purple")
         browser.find_element(By.ID, "enroll-button").click()
         status = browser.find_element(By.ID, "enroll-status")
