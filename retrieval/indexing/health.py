@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from index import CheckReport, IndexStore, IndexStoreError, check_index, repair_index
-from retrieval.engine.runtime import read_index_onnx
+from retrieval.engine.runtime import ONNX_FILE, read_index_onnx, refuse_external_data
 from retrieval.errors import ModelError
 from retrieval.indexing.build import build_notes, stray_builds
 from retrieval.indexing.network import read_entry
@@ -78,7 +78,7 @@ def _network_problems(target: Path) -> list[str]:
     try:
         entry = read_entry(target)
         if entry.onnx_sha256 is not None:
-            read_index_onnx(target, entry)
+            refuse_external_data(read_index_onnx(target, entry), str(target / ONNX_FILE))
     except IndexStoreError:
         return []  # check_index has reported the manifest
     except ModelError as exc:
