@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import math
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +20,17 @@ from PIL import ExifTags, Image, ImageOps
 from retrieval.errors import ImageError, InputError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-# A 50-megapixel photo is legitimate; a "decompression bomb" claims far more.
+# A 50-megapixel photo is legitimate; a "decompression bomb" claims far more. A JPEG is decoded
+# at a reduced scale (1/2 to 1/8, Pillow's draft mode), so it may claim up to MAX_PIXELS; an
+# image decoded at full size (other formats, or a JPEG asked for at full size) holds up to 4
+# bytes a pixel in memory while it is decoded, so it may claim up to MAX_FULL_PIXELS (200 MB).
 MAX_PIXELS = 120_000_000
+MAX_FULL_PIXELS = 50_000_000
+# Decodes that hold more pixels than this at once (64 MB and up) take a place in BIG_DECODES:
+# at most two run at a time in a process, however many requests or threads ask, so that
+# concurrent uploads of big images cannot add up to gigabytes; the memory is given back after.
+BIG_DECODE_PIXELS = 16_000_000
+_DRAFTABLE = frozenset({"JPEG", "MPO"})
 # EXIF orientations that turn the stored image by a quarter: width and height trade places.
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
 
@@ -43,7 +54,9 @@ def load_rgb(
     ``box`` is (left, top, right, bottom) in pixels of the full-size upright image (after EXIF
     orientation), right and bottom exclusive; it is clamped to the image. With ``min_side``, JPEGs
     are decoded at the smallest DCT scale whose shorter side (of the box, when given) is still at
-    least ``min_side`` (far faster for big photos). Raises ImageError naming the file.
+    least ``min_side`` (far faster for big photos); other formats are decoded at full size, and
+    one of more than BIG_DECODE_PIXELS is then reduced by the largest integer factor that keeps
+    that side, before anything else is done with it. Raises ImageError naming the file.
     """
     p = Path(path)
     with _image_errors(p):
@@ -54,13 +67,22 @@ def load_rgb(
             )
         region = None if box is None else _clamp(p, box, _upright_size(img))
         scale = 1.0
-        if min_side is not None and img.format == "JPEG":
+        if min_side is not None and img.format in _DRAFTABLE:
             scale = _draft(img, min_side, region)
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        if region is not None:
-            img = img.crop(_scaled(region, scale, img.size))
-        return _to_rgb(img)
+        elif img.width * img.height > MAX_FULL_PIXELS:
+            raise ImageError(
+                f"{p}: {img.width}x{img.height} {img.format or ''} image is over the limit of "
+                f"{MAX_FULL_PIXELS:,} pixels for an image decoded at full size (JPEGs are "
+                f"decoded reduced, up to {MAX_PIXELS:,})"
+            )
+        with _decode_slot(img.width * img.height):
+            img.load()
+            if min_side is not None and img.width * img.height > BIG_DECODE_PIXELS:
+                img, scale = _reduce(img, min_side, region)
+            img = ImageOps.exif_transpose(img)
+            if region is not None:
+                img = img.crop(_scaled(region, scale, img.size))
+            return _to_rgb(img)
 
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
@@ -165,6 +187,83 @@ def _draft(img: Image.Image, min_side: int, region: Box | None) -> float:
     return 1.0 if chosen is None else original_width / chosen[1][2]
 
 
+class _Slots:
+    """A counting semaphore that remembers the most places ever held at once."""
+
+    def __init__(self, places: int) -> None:
+        self.places = places
+        self._free = threading.BoundedSemaphore(places)
+        self._lock = threading.Lock()
+        self.held = 0
+        self.most_held = 0
+
+    def __enter__(self) -> None:
+        self._free.acquire()
+        with self._lock:
+            self.held += 1
+            self.most_held = max(self.most_held, self.held)
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self.held -= 1
+        self._free.release()
+
+
+BIG_DECODES = _Slots(2)
+
+
+def _malloc_trim() -> object:
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+_trim = _malloc_trim()
+
+
+@contextmanager
+def _decode_slot(pixels: int) -> Iterator[None]:
+    """A place in BIG_DECODES for a decode of more than BIG_DECODE_PIXELS pixels; afterwards the
+    C heap's free memory is given back to the system (glibc keeps big freed blocks otherwise)."""
+    if pixels <= BIG_DECODE_PIXELS:
+        yield
+        return
+    try:
+        with BIG_DECODES:
+            yield
+    finally:
+        if callable(_trim):
+            _trim(0)
+
+
+def _reduce(img: Image.Image, min_side: int, region: Box | None) -> tuple[Image.Image, float]:
+    """``img`` reduced by the largest integer factor that keeps its shorter side (that of
+    ``region`` when given) at least ``min_side``, and the factor (1: unchanged)."""
+    short = min(img.size) if region is None else min(region[2] - region[0], region[3] - region[1])
+    factor = max(1, short // max(min_side, 1))
+    if factor < 2:
+        return img, 1.0
+    if img.mode not in _REDUCIBLE:
+        img = _to_rgb(img)
+    # A strip of rows at a time: reducing an image with alpha copies it whole (premultiplied)
+    # first; strips of whole blocks give the same pixels as one reduce of the image.
+    rows = max(1, _STRIP_PIXELS // (img.width * factor)) * factor
+    out = Image.new(img.mode, (-(-img.width // factor), -(-img.height // factor)))
+    for top in range(0, img.height, rows):
+        strip = img.crop((0, top, img.width, min(top + rows, img.height)))
+        out.paste(strip.reduce(factor), (0, top // factor))
+    return out, float(factor)
+
+
+_STRIP_PIXELS = 2_000_000
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"})
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
 def _scaled(region: Box, scale: float, size: tuple[int, int]) -> Box:
     """``region`` in the coordinates of an image decoded at 1/``scale``, rounded outwards."""
     left, top, right, bottom = region
@@ -179,11 +278,11 @@ def _scaled(region: Box, scale: float, size: tuple[int, int]) -> Box:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
+    if _has_alpha(img):
+        if img.mode != "RGBA":
+            img = img.convert("RGBA")
         background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        background.paste(img, mask=img)  # composited on white by its own alpha, no copy
         return background
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = img.point(lambda v: v / 256).convert("L")

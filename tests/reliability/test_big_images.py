@@ -1,0 +1,111 @@
+"""Big images in bounded memory (issue 15, defect 2): a PNG of few bytes claiming 120
+megapixels is refused before it is decoded; one under the limit for full-size decoding costs
+little more than its own pixels and gives them back; big decodes run two at a time."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrieval.engine import images
+from retrieval.engine.images import MAX_FULL_PIXELS, decode_input, load_rgb
+from retrieval.errors import ImageError
+
+MB = 1 << 20
+
+
+def flat_png(width: int, height: int, color: tuple[int, ...] = (90, 160, 40, 255)) -> bytes:
+    """A PNG of one colour (RGBA, RGB or L by the length of ``color``), written without
+    holding its pixels: megapixels in a few hundred kilobytes."""
+    kind = {4: 6, 3: 2, 1: 0}[len(color)]
+    row = b"\x00" + bytes(color) * width
+    compressor = zlib.compressobj(1)
+    raw = b"".join(compressor.compress(row * 64) for _ in range(height // 64))
+    raw += compressor.compress(row * (height % 64)) + compressor.flush()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, kind, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def peak_growth(run: Callable[[], object]) -> tuple[int, int]:
+    """(how far this process's peak RSS rose above its RSS while ``run`` ran, how much more RSS
+    it holds afterwards), in bytes. The peak is reset first (/proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("the peak RSS cannot be reset here (/proc/self/clear_refs)")
+    before = _status("VmRSS")
+    run()
+    return _status("VmHWM") - before, _status("VmRSS") - before
+
+
+def test_a_small_png_claiming_120_megapixels_is_refused_before_decoding():
+    data = flat_png(10_950, 10_950)  # the issue's file: 120 MP of RGBA
+    assert len(data) < 3 * MB
+
+    def decode() -> None:
+        with pytest.raises(ImageError, match=f"over the limit of {MAX_FULL_PIXELS:,} pixels"):
+            decode_input(data, "big.png", min_side=224)
+
+    peak, _ = peak_growth(decode)
+    assert peak < 20 * MB, f"peak RSS rose by {peak / MB:.0f} MB"
+
+
+def test_a_big_png_under_the_limit_costs_its_pixels_once_and_gives_them_back():
+    side = 7000  # 49 MP of RGBA: 196 MB decoded
+    data = flat_png(side, side)
+    out: list[Image.Image] = []
+    peak, kept = peak_growth(lambda: out.append(load_rgb("big.png", min_side=224, data=data)))
+    assert out[0].mode == "RGB" and 224 <= min(out[0].size) < 2 * 224
+    assert out[0].getpixel((5, 5)) == (90, 160, 40)
+    assert peak < 1.25 * side * side * 4, f"peak RSS rose by {peak / MB:.0f} MB"
+    assert kept < 30 * MB, f"{kept / MB:.0f} MB still held after the decode"
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "RGB", "L", "P"])
+def test_the_reduction_in_strips_gives_the_pixels_of_one_reduce(mode: str):
+    rng = np.random.default_rng(0)
+    bands = {"RGBA": 4, "RGB": 3, "L": 1, "P": 1}[mode]
+    pixels = rng.integers(0, 255, (1003, 2011, bands), dtype=np.uint8).squeeze()
+    img = Image.fromarray(pixels, "L" if mode == "P" else mode)
+    if mode == "P":
+        img = img.convert("P")
+    for factor in (2, 3, 7):
+        reduced, scale = images._reduce(img, 1003 // factor, None)
+        expected = (img.convert("RGB") if mode == "P" else img).reduce(factor)
+        assert scale == factor and reduced.size == expected.size
+        assert np.array_equal(np.asarray(reduced), np.asarray(expected)), (mode, factor)
+
+
+def test_big_decodes_run_two_at_a_time():
+    data = flat_png(4200, 4200, (10, 200, 30))  # 17.6 MP each: over BIG_DECODE_PIXELS
+    assert images.BIG_DECODE_PIXELS < 4200 * 4200
+    images.BIG_DECODES.most_held = 0
+    sizes: list[tuple[int, int]] = []
+    threads = [
+        threading.Thread(target=lambda: sizes.append(load_rgb("b.png", 100, data=data).size))
+        for _ in range(5)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sizes == [(100, 100)] * 5
+    assert images.BIG_DECODES.most_held == 2
