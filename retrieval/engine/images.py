@@ -284,7 +284,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGB", img.size, (255, 255, 255))
         background.paste(img, mask=img)  # composited on white by its own alpha, no copy
         return background
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode.startswith("I;16"):  # either byte order: its high byte
+        img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8), "L")
+    elif img.mode == "I":
         img = img.point(lambda v: v / 256).convert("L")
     return img.convert("RGB")
 
