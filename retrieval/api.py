@@ -326,13 +326,15 @@ class Retriever:
         embedder = self._embedder(opened)
         target = smallest(opened.stores) if len(opened.stores) > 1 else opened.stores[0]
         others = [s for s in opened.stores if s is not target]
-        records = [Record(Path(p), label) for p in paths]
-        shas = hash_records(records)
+        records, shas, unreadable = hash_records([Record(Path(p), label) for p in paths])
+        skipped = [*skipped, *unreadable]
         with target.writing():  # a writer, even with nothing to add: leftovers of killed ones go
             known = find_content(others, shas)
             known.update(target.find_sha256(shas))
         keep, dupes = dedupe(records, shas, known)
         embedded = Embedded()
+        if not records and skipped:
+            raise InputError(f"none of the images for {label!r} could be read; nothing enrolled")
         if keep:
             embedded = embed_into(
                 target,

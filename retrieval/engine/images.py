@@ -17,6 +17,7 @@ from typing import Union
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from index import NotRegularFileError, open_regular
 from retrieval.errors import ImageError, InputError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -59,8 +60,8 @@ def load_rgb(
     that side, before anything else is done with it. Raises ImageError naming the file.
     """
     p = Path(path)
-    with _image_errors(p):
-        img = Image.open(p if data is None else io.BytesIO(data))
+    with _image_errors(p), open_regular(p) if data is None else io.BytesIO(data) as f:
+        img = Image.open(f)
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(
                 f"{p}: {img.width}x{img.height} image is over the limit of {MAX_PIXELS:,} pixels"
@@ -108,8 +109,8 @@ def decode_input(
     if not path.is_file():
         why = "is not a regular file" if path.exists() else "does not exist"
         raise InputError(f"query image {name} {why}")
-    with _image_errors(path):
-        data = path.read_bytes()
+    with _image_errors(path), open_regular(path) as f:
+        data = f.read()
     return load_rgb(name, min_side, data=data), hashlib.sha256(data).hexdigest()
 
 
@@ -135,7 +136,7 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of the upright image (after EXIF orientation), read from the header only."""
     p = Path(path)
-    with _image_errors(p), Image.open(p) as img:
+    with _image_errors(p), open_regular(p) as f, Image.open(f) as img:
         return _upright_size(img)
 
 
@@ -152,6 +153,8 @@ def _image_errors(p: Path) -> Iterator[None]:
         raise ImageError(f"{p}: image is over the limit of {MAX_PIXELS:,} pixels ({exc})") from exc
     except FileNotFoundError as exc:
         raise ImageError(f"{p}: no such file") from exc
+    except NotRegularFileError as exc:
+        raise ImageError(f"{p}: {exc.why}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         reason = str(exc) or type(exc).__name__
         raise ImageError(f"{p}: not a readable image ({reason})") from exc

@@ -3,13 +3,34 @@ one line naming it."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.engine.images import load_rgb
+from index import sha256_file
+from retrieval.engine.images import decode_input, image_size, load_rgb
+from retrieval.errors import ImageError, InputError
+
+from ..conftest import COLORS, write_image
+from ..server.helpers import build_tiny_index
+from .conftest import COMMAND_ENV, retrieve_exe
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_index(tmp_path_factory.mktemp("built"))
+
+
+@pytest.fixture
+def index(built: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(built, tmp_path / "idx"))
 
 
 @pytest.mark.parametrize("mode", ["I;16B", "I;16L", "I;16"])
@@ -21,3 +42,92 @@ def test_16_bit_images_of_either_byte_order_decode_alike(tmp_path: Path, mode: s
     rgb = np.asarray(load_rgb(tmp_path / "deep.tif"))
     assert rgb.shape == (32, 48, 3)
     np.testing.assert_array_equal(rgb[..., 0], values >> 8)
+
+
+def retrieve(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed command, given 60 s (an input that blocks it fails the test instead of
+    hanging it)."""
+    return subprocess.run(
+        [retrieve_exe(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=COMMAND_ENV,
+        cwd=cwd,
+    )
+
+
+def returns_within(seconds: float, call: Callable[[], object]) -> object:
+    """What ``call`` returns or raises, or a failed test if it is still blocked after
+    ``seconds`` (it is left blocked in a daemon thread)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert outcome, f"still blocked after {seconds} s"
+    return outcome[0]
+
+
+@pytest.fixture
+def specials(tmp_path: Path) -> Path:
+    """A folder holding a good image, a FIFO named like a photo, a dangling symbolic link named
+    like a photo, and a symbolic link to a folder."""
+    folder = tmp_path / "in"
+    write_image(folder / "good.png", COLORS["blue"], seed=41)
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "linked").symlink_to(tmp_path / "elsewhere")
+    return folder
+
+
+def test_reading_a_fifo_or_a_device_fails_at_once(specials: Path):
+    for path in (specials / "fifo.jpg", Path("/dev/zero")):
+        for read in (load_rgb, image_size, sha256_file):
+            outcome = returns_within(10, lambda read=read, path=path: read(path))
+            assert isinstance(outcome, (ImageError, OSError)), (read, outcome)
+            assert "not a regular file" in str(outcome), outcome
+    with pytest.raises(InputError, match="not a regular file"):
+        decode_input(str(specials / "fifo.jpg"), "fifo.jpg")
+
+
+def test_enroll_skips_what_is_not_a_regular_file(index: Path, specials: Path):
+    done = retrieve("enroll", "X", "/dev/zero", specials / "fifo.jpg", specials, "--index", index)
+    assert done.returncode == 0, done.stderr
+    warnings = done.stderr.strip().splitlines()
+    assert warnings == [
+        "warning: skipped /dev/zero: not a regular file (a character device)",
+        f"warning: skipped {specials / 'fifo.jpg'}: not a regular file (a FIFO)",
+        f"warning: skipped {specials / 'fifo.jpg'}: not a regular file (a FIFO)",
+        f"warning: skipped {specials / 'gone.png'}: a broken symbolic link",
+        f"warning: skipped {specials / 'linked'}: a symbolic link to a folder (not followed)",
+        "warning: 5 unreadable or non-image files skipped",
+    ], done.stderr
+    assert "enrolled 1 images as 'X'" in done.stdout
+    nothing = retrieve("enroll", "Y", "/dev/zero", "--index", index)
+    assert nothing.returncode == 1
+    assert nothing.stderr.strip().splitlines()[-1] == (
+        "retrieve: error: none of the images for 'Y' could be read; nothing enrolled"
+    )
+
+
+def test_build_index_counts_what_it_skips(specials: Path, tmp_path: Path):
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    specials.rename(gallery / "x")
+    write_image(gallery / "red" / "0.png", COLORS["red"], seed=1)
+    os.mkfifo(gallery / "top.fifo")
+    done = retrieve("build-index", gallery, "--index", tmp_path / "idx", "--model", "tiny")
+    assert done.returncode == 0, done.stderr
+    assert f"skipped {gallery / 'x' / 'fifo.jpg'}: not a regular file (a FIFO)" in done.stderr
+    assert f"skipped {gallery / 'x' / 'gone.png'}: a broken symbolic link" in done.stderr
+    assert f"skipped {gallery / 'top.fifo'}: not a regular file (a FIFO)" in done.stderr
+    assert "warning: 4 unreadable or non-image files skipped" in done.stderr
+    assert "indexed 2 images of 2 labels" in done.stdout
