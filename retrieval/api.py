@@ -32,7 +32,7 @@ from retrieval.engine.classify import vote as knn_vote
 from retrieval.engine.embed import Embedder
 from retrieval.engine.images import ImageInput, decode_input
 from retrieval.engine.network import ModelEntry
-from retrieval.errors import InputError
+from retrieval.errors import InputError, NotFoundError
 from retrieval.indexing import uploads
 from retrieval.indexing.build import BuildReport
 from retrieval.indexing.health import check as check_folder
@@ -372,11 +372,10 @@ class Retriever:
                 if label is not None:
                     gone += store.remove_label(label)
                 else:
-                    resolved = str(Path(path).resolve())  # type: ignore[arg-type]
-                    gone += store.remove_path(resolved) or store.remove_path(str(path))
+                    gone += store.remove_path(_resolved(path)) or store.remove_path(str(path))  # type: ignore[arg-type]
         if not gone:
             what = f"items with label {label!r}" if label is not None else f"item with path {path}"
-            raise InputError(f"no {what} in {self.path}")
+            raise NotFoundError(f"no {what} in {self.path}")
         uploads.delete_copies(self.path, gone)
         return gone
 
@@ -413,6 +412,14 @@ class Retriever:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._current().stores)
+
+
+def _resolved(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute, symbolic links resolved; as given when it cannot be (a NUL)."""
+    try:
+        return str(Path(path).resolve())
+    except (OSError, ValueError):
+        return str(path)
 
 
 def _check_vote(k: int, method: str) -> None:

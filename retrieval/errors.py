@@ -29,6 +29,10 @@ class InputError(RetrieveError):
     """A bad argument: a missing query path, an invalid label."""
 
 
+class NotFoundError(InputError):
+    """Nothing of that name: an unknown label, path or item (HTTP 404 in ``retrieve serve``)."""
+
+
 def require_extra(module: str, *, extra: str, flag: str, what: str) -> None:
     """InputError naming ``flag`` unless ``module``, which the optional extra ``extra`` installs,
     can be imported."""

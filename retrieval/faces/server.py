@@ -29,7 +29,7 @@ from index import IndexLockedError, IndexStoreError, Item
 from retrieval.api import Retriever
 from retrieval.datasets.folders import validate_label
 from retrieval.engine.images import thumbnail_jpeg
-from retrieval.errors import ImageError, InputError, RetrieveError
+from retrieval.errors import ImageError, InputError, NotFoundError, RetrieveError
 from retrieval.indexing import uploads
 from retrieval.indexing.ingest import CHUNK
 from retrieval.results import Answer
@@ -144,6 +144,10 @@ def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLO
     @app.exception_handler(RetrieveError)
     async def bad_input(_: Request, exc: RetrieveError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(IndexStoreError)
     async def index_error(_: Request, exc: IndexStoreError) -> JSONResponse:
