@@ -14,6 +14,7 @@ from index.errors import (
     IndexStoreError,
     NotAnIndexError,
     VectorError,
+    one_line,
 )
 from index.folder import MANIFEST, RECORDS, VECTORS
 from index.fsutil import (
@@ -61,6 +62,7 @@ __all__ = [
     "check_index",
     "exchange",
     "not_regular",
+    "one_line",
     "open_regular",
     "read_manifest",
     "repair_index",

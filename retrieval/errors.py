@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import importlib
 
+from index import one_line
+
 
 class RetrieveError(Exception):
-    """Base of every error a user can cause and fix."""
+    """Base of every error a user can cause and fix; its message is one line (control
+    characters, as a newline in a file name, escaped)."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class ModelError(RetrieveError):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from index import NotRegularFileError, open_regular
 from retrieval.errors import ImageError, InputError
@@ -155,6 +155,8 @@ def _image_errors(p: Path) -> Iterator[None]:
         raise ImageError(f"{p}: no such file") from exc
     except NotRegularFileError as exc:
         raise ImageError(f"{p}: {exc.why}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{p}: not a readable image (unknown format)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         reason = str(exc) or type(exc).__name__
         raise ImageError(f"{p}: not a readable image ({reason})") from exc

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from index import AUTO_IVF_ABOVE, INDEX_TYPES
+from index import AUTO_IVF_ABOVE, INDEX_TYPES, one_line
 from retrieval.config import INDEX_ENV, TrainConfig, default_index_dir
 
 if TYPE_CHECKING:
@@ -44,14 +44,14 @@ def _bar(total: int, desc: str) -> Iterator[object]:
 
 
 def _fail(message: str) -> None:
-    click.echo(f"retrieve: error: {message}", err=True)
+    click.echo(f"retrieve: error: {one_line(message)}", err=True)
     sys.exit(EXIT_ERROR)
 
 
 def _warn_skipped(skipped: list[tuple[str, str]], what: str) -> None:
     for path, reason in skipped:
-        reason = reason.removeprefix(f"{path}: ")
-        click.echo(f"warning: skipped {path}: {reason}", err=True)
+        reason = one_line(reason).removeprefix(f"{one_line(path)}: ")
+        click.echo(f"warning: skipped {one_line(path)}: {reason}", err=True)
     if skipped:
         click.echo(f"warning: {len(skipped)} {what} skipped", err=True)
 
@@ -332,13 +332,14 @@ def _show_answer(p: Answer, min_score: float, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(p.to_json(), ensure_ascii=False))
         return
+    query = one_line(p.query)
     if p.label is None:
         best = f"best score {p.neighbors[0].score:.3f}" if p.neighbors else "empty index"
-        click.echo(f"{p.query}: unknown ({best} < --min-score {min_score:g})")
+        click.echo(f"{query}: unknown ({best} < --min-score {min_score:g})")
     else:
-        click.echo(f"{p.query}: {p.label}  (confidence {p.confidence:.2f})")
+        click.echo(f"{query}: {one_line(p.label)}  (confidence {p.confidence:.2f})")
     for n in p.neighbors:
-        click.echo(f"    {n.score:.3f}  {n.label}  {n.path}")
+        click.echo(f"    {n.score:.3f}  {one_line(n.label)}  {one_line(n.path)}")
 
 
 @main.command("enroll")
@@ -354,7 +355,7 @@ def enroll_cmd(label: str, inputs: tuple[Path, ...], index_dir: Path, batch_size
         report = r.enroll(label, list(inputs), progress=_bar)
     _warn_skipped(report.skipped, "unreadable or non-image files")
     for path, reason in report.duplicates:
-        click.echo(f"already indexed: {path} ({reason})", err=True)
+        click.echo(f"already indexed: {one_line(path)} ({one_line(reason)})", err=True)
     click.echo(
         f"enrolled {len(report.added)} images as {label!r} "
         f"({len(report.duplicates)} already indexed); {label!r} now has {report.total_for_label}"
@@ -396,9 +397,9 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
         f"search    {i.layout['type']}{f' ({layout})' if layout else ''}; --index-type {i.index_type}"
     )
     click.echo(f"items     {i.count} in {len(i.labels)} labels")
-    width = max((len(lab) for lab in i.labels), default=0)
+    width = max((len(one_line(lab)) for lab in i.labels), default=0)
     for lab, n in i.labels.items():
-        click.echo(f"  {lab:<{width}}  {n}")
+        click.echo(f"  {one_line(lab):<{width}}  {n}")
 
 
 @main.command("check")
@@ -419,11 +420,11 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
         click.echo(json.dumps(report.to_json(), ensure_ascii=False))
     else:
         for line in report.repaired:
-            click.echo(f"repaired: {line}")
+            click.echo(f"repaired: {one_line(line)}")
         for line in report.notes:
-            click.echo(f"note: {line}")
+            click.echo(f"note: {one_line(line)}")
         for line in report.problems:
-            click.echo(f"problem: {line}")
+            click.echo(f"problem: {one_line(line)}")
         if report.ok:
             click.echo(f"index OK: {report.items} items, {report.labels} labels")
         else:

@@ -131,3 +131,24 @@ def test_build_index_counts_what_it_skips(specials: Path, tmp_path: Path):
     assert f"skipped {gallery / 'top.fifo'}: not a regular file (a FIFO)" in done.stderr
     assert "warning: 4 unreadable or non-image files skipped" in done.stderr
     assert "indexed 2 images of 2 labels" in done.stdout
+
+
+def test_a_name_with_a_newline_stays_on_one_line(index: Path, tmp_path: Path):
+    folder = tmp_path / "in"
+    write_image(folder / "good\nphoto.png", COLORS["blue"], seed=42)
+    (folder / "notes\nmore.txt").write_text("not a photo")
+    (folder / "broken\rphoto.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    done = retrieve("enroll", "X", folder, "--index", index)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"warning: skipped {folder}/notes\\nmore.txt: not an image file type",
+        f"warning: skipped {folder}/broken\\rphoto.jpg: not a readable image (unknown format)",
+        "warning: 2 unreadable or non-image files skipped",
+    ], done.stderr
+    failed = retrieve("query", folder / "broken\rphoto.jpg", "--index", index)
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines() == [
+        f"retrieve: error: {folder}/broken\\rphoto.jpg: not a readable image (unknown format)"
+    ]
+    answered = retrieve("query", folder / "good\nphoto.png", "--index", index)
+    assert answered.stdout.splitlines()[0].startswith(f"{folder}/good\\nphoto.png: ")

@@ -63,3 +63,20 @@ def test_delete_of_an_unknown_label_is_404(index: Path):
     with running(index) as url:
         detail = one_line_error(httpx.delete(f"{url}/items", params={"label": "nope"}), 404)
     assert detail == f"no items with label 'nope' in {index}"
+
+
+@pytest.mark.parametrize(
+    "filename", [b"a.j\x00pg", b"a." + b"x" * 300, b"../../a\npng.png", b"/etc/passwd"]
+)
+def test_odd_file_names_are_only_names(index: Path, filename: bytes):
+    with running(index) as url:
+        r = httpx.post(f"{url}/query", **multipart(b"file", filename, png()))
+        assert r.status_code == 200, r.text
+        assert r.json()["query"] == filename.decode()
+        r = httpx.post(f"{url}/query", **multipart(b"file", filename, b"not an image"))
+        assert one_line_error(r, 422).startswith(repr(filename.decode())[1:-1][:20])
+        r = httpx.post(f"{url}/enroll", **multipart(b"files", filename, png(), label=b"purple"))
+        assert r.status_code == 200, r.text
+        assert r.json()["added"] == [filename.decode()]
+    stored = [p for p in (index / "uploads").rglob("*") if p.is_file()]
+    assert len(stored) == 1 and stored[0].parent.parent == index.resolve() / "uploads"
