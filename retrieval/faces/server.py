@@ -101,8 +101,8 @@ class Gallery:
             raise HTTPException(404, f"no item with id {item_id} in {self.index_dir}")
         try:
             return thumbnail_jpeg(found[0].path, THUMB_SIDE)
-        except ImageError as exc:
-            raise HTTPException(404, f"item {item_id}: {exc}") from exc
+        except ImageError as exc:  # the same answer whatever the reason: it reveals no path
+            raise HTTPException(404, f"item {item_id} has no readable image") from exc
 
     def labels(self) -> dict[str, int]:
         return self.retriever.labels()
