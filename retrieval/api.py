@@ -12,6 +12,7 @@ scripts are its users. (``evaluate`` is training/evaluation.py's, re-exported.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -296,19 +297,21 @@ class Retriever:
         ]
         scan = collect_images(list(files)) if files else None
         self._writable()
-        stored = [
-            uploads.store(self.path, f"image-{i + 1}.png", _png(image, _name(image, i)))
-            for i, image in in_memory
-        ]
         paths = [r.path for r in scan.records] if scan else []
         skipped = list(scan.skipped) if scan else []
         report = None
-        try:
-            report = self.enroll_files(
-                label, [*paths, *(s.path for s in stored)], skipped, progress=progress
-            )
-        finally:
-            uploads.discard(stored, report.added if report else ())
+        # While its copies are out, check --repair leaves them alone (uploads.pending).
+        with uploads.pending(self.path) if in_memory else contextlib.nullcontext():
+            stored = [
+                uploads.store(self.path, f"image-{i + 1}.png", _png(image, _name(image, i)))
+                for i, image in in_memory
+            ]
+            try:
+                report = self.enroll_files(
+                    label, [*paths, *(s.path for s in stored)], skipped, progress=progress
+                )
+            finally:
+                uploads.discard(stored, report.added if report else ())
         return report
 
     def enroll_files(

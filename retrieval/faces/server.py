@@ -64,7 +64,7 @@ class Gallery:
         validate_label(label)
         if len(files) > MAX_FILES:
             raise InputError(f"{len(files)} files in one request; send at most {MAX_FILES}")
-        with self._uploads_lock:
+        with self._uploads_lock, uploads.pending(self.index_dir):
             stored: list[uploads.Stored] = []
             report = None
             try:

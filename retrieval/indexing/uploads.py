@@ -11,12 +11,13 @@ descriptors opened without following symbolic links, so that neither a record pa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ UPLOADS = "uploads"
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 _NAME_CHARS = 120
 _PREFIX = re.compile(r"[0-9a-f]{16}")
+_TEMP = re.compile(r"\.[\w.\- ]+\.[0-9a-f]{16}\.tmp")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -49,14 +51,17 @@ def safe_name(filename: str | None) -> str:
     return name[:_NAME_CHARS] or "upload"
 
 
-def own_copy(index_dir: str | Path, path: str) -> tuple[str, str] | None:
+def own_copy(index_dir: str | Path, path: str, *, temp_ok: bool = False) -> tuple[str, str] | None:
     """(prefix folder, file name) when ``path`` names a copy in the index's uploads folder
-    exactly as ``store`` writes them (``uploads/<16 hex digits>/<name>``, no ``..``), else None."""
+    exactly as ``store`` writes them (``uploads/<16 hex digits>/<name>``, no ``..``; with
+    ``temp_ok``, or a temp file of one), else None."""
     parts = Path(path).parts
     if len(parts) < 3 or Path(*parts[:-2]) != uploads_dir(index_dir):
         return None
     prefix, name = parts[-2], parts[-1]
-    if not _PREFIX.fullmatch(prefix) or name in (".", "..") or safe_name(name) != name:
+    if not _PREFIX.fullmatch(prefix) or name in (".", ".."):
+        return None
+    if safe_name(name) != name and not (temp_ok and _TEMP.fullmatch(name)):
         return None
     return prefix, name
 
@@ -131,10 +136,11 @@ def store(index_dir: str | Path, name: str | None, data: bytes) -> Stored:
     return Stored(shown, path, created=True)
 
 
-def _delete(index_dir: str | Path, path: str) -> None:
-    """Delete the copy at ``path`` if it is one of the index's own (see own_copy) and its
-    folders are real ones, and its prefix folder when that is left empty."""
-    where = own_copy(index_dir, path)
+def _delete(index_dir: str | Path, path: str, *, temp_ok: bool = False) -> None:
+    """Delete the copy at ``path`` if it is one of the index's own (see own_copy; with
+    ``temp_ok``, a temp file of one too) and its folders are real ones, and its prefix folder
+    when that is left empty."""
+    where = own_copy(index_dir, path, temp_ok=temp_ok)
     if where is None:
         return
     prefix, name = where
@@ -157,3 +163,67 @@ def delete_copies(index_dir: str | Path, items: Iterable[Item]) -> None:
     """Delete the uploads-folder copies of removed items (a photo elsewhere is never touched)."""
     for item in items:
         _delete(index_dir, item.path)
+
+
+@contextlib.contextmanager
+def _pending_lock(index_dir: str | Path, operation: int) -> Iterator[bool]:
+    """flock ``operation`` on the uploads folder itself (made if missing); yields whether it
+    was granted (a non-blocking request may not be)."""
+    with _folder(uploads_dir(index_dir), create=True) as top:
+        try:
+            fcntl.flock(top, operation)
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # released when the folder's descriptor is closed
+
+
+@contextlib.contextmanager
+def pending(index_dir: str | Path) -> Iterator[None]:
+    """Held by an enrolment from before it writes its copies until its items are committed
+    (or its copies discarded): ``remove_orphans`` leaves the uploads alone meanwhile. Shared:
+    enrolments do not wait for each other; a killed one releases it."""
+    with _pending_lock(index_dir, fcntl.LOCK_SH):
+        yield
+
+
+def _copies(index_dir: str | Path) -> list[Path]:
+    """Every file ``store`` may have written (its temp files included): the regular files in
+    the real prefix folders of the index's own uploads folder."""
+    root = uploads_dir(index_dir)
+    found: list[Path] = []
+    with contextlib.suppress(IndexFormatError), _folder(root) as top:
+        for prefix in sorted(os.listdir(top)):
+            if not _PREFIX.fullmatch(prefix):
+                continue
+            with contextlib.suppress(IndexFormatError), _folder(prefix, at=top) as folder:
+                for name in sorted(os.listdir(folder)):
+                    mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+                    if stat.S_ISREG(mode):
+                        found.append(root / prefix / name)
+    return found
+
+
+def orphans(index_dir: str | Path, recorded: Iterable[str]) -> list[Path]:
+    """The copies in the uploads folder that no item records (``recorded``: the paths the
+    records hold), left by an enrolment that was killed or by one still running."""
+    if not uploads_dir(index_dir).is_dir():
+        return []
+    named = set(recorded)
+    return [p for p in _copies(index_dir) if str(p) not in named]
+
+
+def remove_orphans(
+    index_dir: str | Path, recorded: Callable[[], Iterable[str]]
+) -> list[Path] | None:
+    """Delete the copies no item records, read with ``recorded()`` once no enrolment is
+    running; None, nothing deleted, while one is (it holds ``pending``)."""
+    if not uploads_dir(index_dir).is_dir():
+        return []
+    with _pending_lock(index_dir, fcntl.LOCK_EX | fcntl.LOCK_NB) as granted:
+        if not granted:
+            return None
+        gone = orphans(index_dir, recorded())
+        for path in gone:
+            _delete(index_dir, str(path), temp_ok=True)
+        return gone
