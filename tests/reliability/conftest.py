@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import write_image
+from ..server.conftest import built, index  # noqa: F401 - the tiny index and its copies
 
 REPORT_ENV = "RETRIEVE_RELIABILITY_REPORT"
 REPO = Path(__file__).resolve().parents[2]

@@ -4,7 +4,6 @@ one line naming it."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable
@@ -19,18 +18,7 @@ from retrieval.engine.images import decode_input, image_size, load_rgb
 from retrieval.errors import ImageError, InputError
 
 from ..conftest import COLORS, write_image
-from ..server.helpers import build_tiny_index
 from .conftest import COMMAND_ENV, retrieve_exe
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_index(tmp_path_factory.mktemp("built"))
-
-
-@pytest.fixture
-def index(built: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(built, tmp_path / "idx"))
 
 
 @pytest.mark.parametrize("mode", ["I;16B", "I;16L", "I;16"])

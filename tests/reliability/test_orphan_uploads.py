@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,26 +17,14 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
 from retrieval.api import Retriever, check
 from retrieval.indexing import uploads
 
-from ..server.helpers import build_tiny_index
 from .conftest import COMMAND_ENV, REPO, hold_lock, retrieve
 
 N = 120
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_index(tmp_path_factory.mktemp("built"))
-
-
-@pytest.fixture
-def index(built: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(built, tmp_path / "idx"))
 
 
 def photo(i: int) -> bytes:
