@@ -611,13 +611,40 @@ SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipa
     show_default=True,
     help="Largest request body (all files of one request); larger ones get 413.",
 )
-def serve_cmd(index_dir: Path, host: str, port: int, max_upload_mb: float) -> None:
+@click.option(
+    "--token",
+    envvar="RETRIEVE_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="Access token that writes (enrol, remove) need, as 'Authorization: Bearer TOKEN'; "
+    "required when --host is not a loopback address.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host header is NAME (repeatable; '*': any). By default "
+    "only the bound address and localhost's names (bound to 0.0.0.0 or ::, also this "
+    "machine's names and any IP address).",
+)
+def serve_cmd(
+    index_dir: Path,
+    host: str,
+    port: int,
+    max_upload_mb: float,
+    token: str | None,
+    allow_hosts: tuple[str, ...],
+) -> None:
     """Serve the index over HTTP: POST /query, POST /enroll, DELETE /items, GET /labels,
     GET /health, a web page at / and the API docs at /docs. The index and its network are
     loaded once, at start-up."""
+    if token is not None and not token.strip():
+        raise click.UsageError("--token must not be empty")
     try:
         import uvicorn
 
+        from retrieval.faces.guard import default_hosts, needs_token
         from retrieval.faces.server import create_app
     except ModuleNotFoundError as exc:
         if exc.name not in SERVE_MODULES:
@@ -626,6 +653,13 @@ def serve_cmd(index_dir: Path, host: str, port: int, max_upload_mb: float) -> No
             f"retrieve serve needs the 'serve' extra ({exc.name} is not installed): "
             "pip install 'retrieve[serve]'"
         )
-    app = create_app(index_dir, max_upload_mb=max_upload_mb)
-    click.echo(f"serving {index_dir} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    if token is None and needs_token(host):
+        _fail(
+            f"--host {host} is reachable from the network: give --token TOKEN or set "
+            "RETRIEVE_TOKEN (writes then need it)"
+        )
+    hosts = default_hosts(host) | {h.lower() for h in allow_hosts}
+    app = create_app(index_dir, max_upload_mb=max_upload_mb, token=token, allowed_hosts=hosts)
+    guarded = "; writes need the access token" if token is not None else ""
+    click.echo(f"serving {index_dir} on http://{host}:{port}/{guarded} (Ctrl-C to stop)", err=True)
     uvicorn.run(app, host=host, port=port)

@@ -13,13 +13,13 @@ path the index records for them); a photo to classify is decoded from the reques
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -30,6 +30,7 @@ from retrieval.api import Retriever
 from retrieval.datasets.folders import validate_label
 from retrieval.engine.images import thumbnail_jpeg
 from retrieval.errors import ImageError, InputError, NotFoundError, RetrieveError
+from retrieval.faces.guard import LOOPBACK_NAMES, Guard, token_check
 from retrieval.indexing import uploads
 from retrieval.indexing.ingest import CHUNK
 from retrieval.results import Answer
@@ -121,10 +122,19 @@ def _web_root() -> Path:
     return Path(str(resources.files("retrieval.faces") / "web"))
 
 
-def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+def create_app(
+    index_dir: str | Path,
+    *,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    token: str | None = None,
+    allowed_hosts: Iterable[str] = LOOPBACK_NAMES,
+) -> FastAPI:
     """The service over the index at ``index_dir``, opened now (with its network): a bad index
-    fails here, before anything listens. Request bodies over ``max_upload_mb`` MiB get 413."""
+    fails here, before anything listens. Request bodies over ``max_upload_mb`` MiB get 413.
+    A Host header not in ``allowed_hosts`` ("*": any) gets 400, a cross-origin request that is
+    not a GET 403 (guard.py); with ``token``, writes without it get 401."""
     gallery = Gallery(index_dir)
+    writes = [] if token is None else [Depends(token_check(token))]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -140,6 +150,7 @@ def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLO
         max_body_size=int(max_upload_mb * 1024 * 1024),
     )
     app.state.gallery = gallery
+    app.add_middleware(Guard, hosts=allowed_hosts)
 
     @app.exception_handler(RetrieveError)
     async def bad_input(_: Request, exc: RetrieveError) -> JSONResponse:
@@ -163,14 +174,20 @@ def create_app(index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLO
     ) -> dict[str, Any]:
         return gallery.query(file, k=k, min_score=min_score, method=vote).to_json()
 
-    @app.post("/enroll", summary="Add uploaded photos under a label (`retrieve enroll`)")
+    @app.post(
+        "/enroll",
+        summary="Add uploaded photos under a label (`retrieve enroll`)",
+        dependencies=writes,
+    )
     def enroll(
         label: Annotated[str, Form(description="New or existing label")],
         files: Annotated[list[UploadFile], File(description="One or more photos")],
     ) -> dict[str, Any]:
         return gallery.enroll(label, files)
 
-    @app.delete("/items", summary="Remove a label or one photo (`retrieve remove`)")
+    @app.delete(
+        "/items", summary="Remove a label or one photo (`retrieve remove`)", dependencies=writes
+    )
     def remove(label: str | None = None, path: str | None = None) -> dict[str, Any]:
         gone = gallery.remove(label=label, path=path)
         return {
