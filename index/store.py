@@ -361,6 +361,8 @@ class IndexStore:
             return False
         n = self._rebuild_memory()
         log.info("rebuilt %s from %d records", self._root / VECTORS, n)
+        if self._cache.rejected is not None:
+            log.warning("%s", self._cache.rejected)
         if persist:
             self._persist_cache()
         return True

@@ -23,6 +23,7 @@ from retrieval.faces.cli import main
 
 from ..conftest import COLORS, write_image
 from ..server.helpers import build_tiny_index
+from .conftest import retrieve
 
 DIM = 64  # the tiny model's
 
@@ -131,3 +132,38 @@ def test_a_model_without_external_data_still_loads():
     forward = OnnxForward(model.SerializeToString(), source="m.onnx")
     out = forward(np.zeros((2, 3, 8, 8), np.float32))
     np.testing.assert_allclose(out, np.full((2, DIM), DIM**-0.5), rtol=1e-5)
+
+
+def test_a_checkpoint_holding_python_objects_is_refused_in_one_line(tmp_path: Path):
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.save({"format": 1, "spec": Payload()}, folder / "model.pt")
+    gallery = tmp_path / "gallery"
+    for label, color in COLORS.items():
+        write_image(gallery / label / "0.png", color, seed=1)
+    result = CliRunner().invoke(main, ["evaluate", str(gallery), "--model", str(folder)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"retrieve: error: {folder / 'model.pt'} holds Python objects other than weights "
+        "(print); it is not unpickled: only model folders written by 'retrieve train' "
+        "load"
+    ], result.output
+
+
+def test_a_manifest_of_another_dim_is_one_line(pristine: Path, tmp_path: Path):
+    index = Path(shutil.copytree(pristine, tmp_path / "idx"))
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["dim"] = 32
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    photo = write_image(tmp_path / "q.png", COLORS["red"], seed=3)
+    for args in (["info"], ["query", photo]):  # the installed command: pytest captures logging
+        done = retrieve(*args, "--index", index)
+        assert done.returncode == 1 and done.stdout == ""
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "records.sqlite" in done.stderr and "32-d" in done.stderr
