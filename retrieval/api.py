@@ -13,6 +13,7 @@ scripts are its users. (``evaluate`` is training/evaluation.py's, re-exported.)
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -223,7 +224,7 @@ class Retriever:
         vote: str = "weighted",
     ) -> Iterator[Answer]:
         """``query`` of images one at a time as they come (e.g. paths read from a pipe)."""
-        _check_vote(k, vote)
+        _check_vote(k, vote, min_score)
         for i, image in enumerate(images):
             yield self.answer(image, name=_name(image, i), k=k, min_score=min_score, vote=vote)
 
@@ -238,7 +239,7 @@ class Retriever:
     ) -> Answer:
         """The answer for one image (see ``query``); ``name`` is what the answer and an error
         call it (default: its path)."""
-        _check_vote(k, vote)
+        _check_vote(k, vote, min_score)
         start = time.perf_counter()
         name = _name(image, 0) if name is None else name
         opened = self._current()
@@ -425,7 +426,9 @@ def _resolved(path: str | os.PathLike[str]) -> str:
         return str(path)
 
 
-def _check_vote(k: int, method: str) -> None:
+def _check_vote(k: int, method: str, min_score: float = 0.0) -> None:
+    if not math.isfinite(min_score):  # NaN compares false: nothing would ever be unknown
+        raise InputError(f"--min-score must be a finite number, not {min_score}")
     if k < 1:
         raise InputError(f"-k must be at least 1, not {k}")
     if method not in VOTES:

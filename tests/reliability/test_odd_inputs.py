@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from index import sha256_file
+from retrieval.api import Retriever
 from retrieval.engine.images import decode_input, image_size, load_rgb
 from retrieval.errors import ImageError, InputError
 
@@ -140,3 +141,15 @@ def test_a_name_with_a_newline_stays_on_one_line(index: Path, tmp_path: Path):
     ]
     answered = retrieve("query", folder / "good\nphoto.png", "--index", index)
     assert answered.stdout.splitlines()[0].startswith(f"{folder}/good\\nphoto.png: ")
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_min_score_must_be_a_finite_number(index: Path, tmp_path: Path, bad: str):
+    photo = write_image(tmp_path / "q.png", COLORS["red"], seed=7)
+    done = retrieve("query", photo, "--index", index, "--min-score", bad)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip() == (
+        f"retrieve: error: --min-score must be a finite number, not {float(bad)}"
+    )
+    with Retriever(index) as r, pytest.raises(InputError, match="finite"):
+        r.query(photo, min_score=float(bad))
