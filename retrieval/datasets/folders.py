@@ -38,9 +38,13 @@ class Scan:
 
 
 def validate_label(label: str) -> str:
-    """The label itself, or InputError saying why it cannot be one."""
+    """The label itself, or InputError saying why it cannot be one: empty, longer than 200
+    characters, beginning or ending with white space, holding a path separator or a control
+    character (any of Unicode's categories C*)."""
     if not label or not label.strip():
         raise InputError("label is empty")
+    if label != label.strip():  # " lead" and "lead" would be two labels that look alike
+        raise InputError(f"label {label!r} begins or ends with white space")
     if len(label) > MAX_LABEL_LENGTH:
         raise InputError(f"label is {len(label)} characters long; the limit is {MAX_LABEL_LENGTH}")
     if "/" in label or "\\" in label:

@@ -153,3 +153,19 @@ def test_min_score_must_be_a_finite_number(index: Path, tmp_path: Path, bad: str
     )
     with Retriever(index) as r, pytest.raises(InputError, match="finite"):
         r.query(photo, min_score=float(bad))
+
+
+@pytest.mark.parametrize("label", [" lead", "lead ", "\u3000lead", "lead\u00a0"])
+def test_a_label_does_not_begin_or_end_with_white_space(index: Path, tmp_path: Path, label: str):
+    photo = write_image(tmp_path / "p.png", COLORS["blue"], seed=8)
+    done = retrieve("enroll", label, photo, "--index", index)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"retrieve: error: label {label!r} begins or ends with white space"
+    )
+    with Retriever(index) as r, pytest.raises(InputError, match="white space"):
+        r.enroll(label, [photo])
+    gallery = tmp_path / "gallery"
+    write_image(gallery / label / "0.png", COLORS["blue"], seed=9)
+    built = retrieve("build-index", gallery, "--index", tmp_path / "new", "--model", "tiny")
+    assert built.returncode == 1 and "white space" in built.stderr
