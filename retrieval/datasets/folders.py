@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import unicodedata
@@ -37,10 +38,50 @@ class Scan:
         return sorted({r.label for r in self.records})
 
 
+# Characters a label may not hold: control characters (Cc), invisible format characters (Cf:
+# zero-width spaces, direction overrides) and surrogates (Cs). Unassigned code points are
+# allowed (which are unassigned changes with each Unicode version), and private use ones.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
+
+
+def _ranges(codes: list[int]) -> str:
+    """A regular-expression character class body of these code points (sorted), as ranges:
+    \\uXXXX escapes in the Basic Multilingual Plane, the characters themselves beyond it
+    (every engine reads those; not every one knows an escape for them)."""
+
+    def char(c: int) -> str:
+        return f"\\u{c:04x}" if c <= 0xFFFF else chr(c)
+
+    out: list[str] = []
+    start = prev = codes[0]
+    for c in [*codes[1:], -1]:
+        if c == prev + 1:
+            prev = c
+            continue
+        out.append(char(start) if start == prev else f"{char(start)}-{char(prev)}")
+        start = prev = c
+    return "".join(out)
+
+
+@functools.cache
+def label_pattern() -> str:
+    """validate_label's rule but for the length, as a regular expression (JSON Schema's,
+    Python's, ECMAScript's, Rust's) that matches a whole label: the OpenAPI schema of
+    ``retrieve serve`` states it. Surrogates are left out of it (no UTF-8 text holds one)."""
+    refused = [
+        c
+        for c in range(0x110000)
+        if unicodedata.category(chr(c)) in REFUSED_CATEGORIES and not 0xD800 <= c <= 0xDFFF
+    ]
+    refused = sorted({*refused, ord("/"), ord("\\")})
+    spaces = sorted({*refused, *(c for c in range(0x110000) if chr(c).isspace())})
+    return f"^[^{_ranges(spaces)}](?:[^{_ranges(refused)}]*[^{_ranges(spaces)}])?$"
+
+
 def validate_label(label: str) -> str:
     """The label itself, or InputError saying why it cannot be one: empty, longer than 200
-    characters, beginning or ending with white space, holding a path separator or a control
-    character (any of Unicode's categories C*)."""
+    characters, beginning or ending with white space, holding a path separator or a control or
+    invisible character (REFUSED_CATEGORIES)."""
     if not label or not label.strip():
         raise InputError("label is empty")
     if label != label.strip():  # " lead" and "lead" would be two labels that look alike
@@ -49,8 +90,8 @@ def validate_label(label: str) -> str:
         raise InputError(f"label is {len(label)} characters long; the limit is {MAX_LABEL_LENGTH}")
     if "/" in label or "\\" in label:
         raise InputError(f"label {label!r} contains a path separator")
-    if any(unicodedata.category(ch).startswith("C") for ch in label):
-        raise InputError(f"label {label!r} contains a control character")
+    if any(unicodedata.category(ch) in REFUSED_CATEGORIES for ch in label):
+        raise InputError(f"label {label!r} contains a control or invisible character")
     return label
 
 

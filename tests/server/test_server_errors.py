@@ -61,7 +61,7 @@ def test_delete_of_a_path_with_a_nul_is_404(index: Path):
 
 def test_delete_of_an_unknown_label_is_404(index: Path):
     with running(index) as url:
-        detail = one_line_error(httpx.delete(f"{url}/items", params={"label": "nope"}), 404)
+        detail = one_line_error(httpx.delete(f"{url}/labels", params={"label": "nope"}), 404)
     assert detail == f"no items with label 'nope' in {index}"
 
 

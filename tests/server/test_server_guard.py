@@ -48,7 +48,7 @@ def test_a_cross_origin_form_post_is_refused(index: Path):
             assert "cross-origin" in r.json()["detail"]
         r = enroll(url, **{"Sec-Fetch-Site": "cross-site"})
         assert r.status_code == 403, r.text
-        r = httpx.delete(f"{url}/items", params={"label": "red"}, headers={"Origin": "http://e.x"})
+        r = httpx.delete(f"{url}/labels", params={"label": "red"}, headers={"Origin": "http://e.x"})
         assert r.status_code == 403
         r = httpx.post(
             f"{url}/query", files={"file": ("p.png", png())}, headers={"Origin": "http://e.x"}
@@ -89,14 +89,14 @@ def test_with_a_token_writes_need_it_and_reads_do_not(index: Path):
             r = enroll(url, **headers)
             assert r.status_code == 401, r.text
             assert r.headers["www-authenticate"] == "Bearer"
-        r = httpx.delete(f"{url}/items", params={"label": "red"})
+        r = httpx.delete(f"{url}/labels", params={"label": "red"})
         assert r.status_code == 401
         assert count(url) == 12
         assert httpx.get(f"{url}/labels").status_code == 200
         assert httpx.post(f"{url}/query", files={"file": ("p.png", png())}).status_code == 200
         assert enroll(url, Authorization=f"Bearer {TOKEN}").status_code == 200
         r = httpx.delete(
-            f"{url}/items", params={"label": "red"}, headers={"Authorization": f"Bearer {TOKEN}"}
+            f"{url}/labels", params={"label": "red"}, headers={"Authorization": f"Bearer {TOKEN}"}
         )
         assert r.status_code == 200
         schema = httpx.get(f"{url}/openapi.json").json()

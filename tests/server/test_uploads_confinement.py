@@ -48,7 +48,7 @@ def test_a_record_path_climbing_out_of_uploads_is_not_deleted(index: Path):
         r = httpx.delete(f"{url}/items", params={"path": climbing})
         assert r.status_code == 200 and r.json()["removed"] == 1, r.text
         label = r.json()["items"][0]["label"]
-        assert httpx.delete(f"{url}/items", params={"label": label}).status_code == 200
+        assert httpx.delete(f"{url}/labels", params={"label": label}).status_code == 200
     assert canary.read_text() == "keep me"
 
 
@@ -74,7 +74,7 @@ def test_a_prefix_folder_replaced_by_a_symbolic_link_is_not_used(index: Path, tm
         stored = next((index / "uploads").rglob("p.png"))
         stored.parent.rename(elsewhere)  # the photo's folder moved away, a link in its place
         stored.parent.symlink_to(elsewhere)
-        r = httpx.delete(f"{url}/items", params={"label": "purple"})
+        r = httpx.delete(f"{url}/labels", params={"label": "purple"})
         assert r.status_code == 200 and r.json()["removed"] == 1, r.text
         assert (elsewhere / "p.png").read_bytes() == data  # not deleted through the link
         r = enroll(url, "purple", data)
@@ -86,7 +86,7 @@ def test_a_copy_replaced_by_other_bytes_is_written_again(index: Path):
     with running(index) as url:
         enroll(url, "purple", png())
         copy = next((index / "uploads").rglob("p.png"))
-        httpx.delete(f"{url}/items", params={"label": "purple"})
+        httpx.delete(f"{url}/labels", params={"label": "purple"})
         copy.parent.mkdir(parents=True)
         copy.write_bytes(b"planted")
         r = enroll(url, "purple", png())
