@@ -142,10 +142,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 @contextmanager
 def _image_errors(p: Path) -> Iterator[None]:
-    """Turn whatever decoding raises into an ImageError naming ``p``."""
+    """Turn whatever decoding raises into an ImageError naming ``p``; what Pillow warns of on
+    the way (corrupt EXIF, a tag larger than the file) is not let out: the image decodes or is
+    refused, and a warning would reach the CLI's output as lines of Python."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")
             yield
     except ImageError:
         raise

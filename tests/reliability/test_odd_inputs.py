@@ -169,3 +169,16 @@ def test_a_label_does_not_begin_or_end_with_white_space(index: Path, tmp_path: P
     write_image(gallery / label / "0.png", COLORS["blue"], seed=9)
     built = retrieve("build-index", gallery, "--index", tmp_path / "new", "--model", "tiny")
     assert built.returncode == 1 and "white space" in built.stderr
+
+
+def test_pillows_warnings_on_a_damaged_file_are_not_printed(index: Path, tmp_path: Path):
+    """Found by the image fuzzing: a photo with corrupt EXIF (or a TIFF tag larger than the
+    file) still decodes, but Pillow's warning reached stderr as two lines of Python."""
+    photo = tmp_path / "damaged exif.jpg"
+    Image.new("RGB", (20, 10), (30, 40, 220)).save(
+        photo,
+        exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00",  # 5 entries, none there
+    )
+    done = retrieve("query", photo, "--index", index)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith(f"{photo}: blue")
