@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from index import NotRegularFileError, open_regular
 from retrieval.errors import ImageError, InputError
@@ -34,6 +34,16 @@ BIG_DECODE_PIXELS = 16_000_000
 _DRAFTABLE = frozenset({"JPEG", "MPO"})
 # EXIF orientations that turn the stored image by a quarter: width and height trade places.
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
+# How to make the stored image upright, by EXIF orientation (as ImageOps.exif_transpose does).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 Box = tuple[int, int, int, int]
 
@@ -66,21 +76,31 @@ def load_rgb(
             raise ImageError(
                 f"{p}: {img.width}x{img.height} image is over the limit of {MAX_PIXELS:,} pixels"
             )
-        region = None if box is None else _clamp(p, box, _upright_size(img))
-        scale = 1.0
-        if min_side is not None and img.format in _DRAFTABLE:
-            scale = _draft(img, min_side, region)
-        elif img.width * img.height > MAX_FULL_PIXELS:
+        drafted = min_side is not None and img.format in _DRAFTABLE
+        if not drafted and img.width * img.height > MAX_FULL_PIXELS:
             raise ImageError(
                 f"{p}: {img.width}x{img.height} {img.format or ''} image is over the limit of "
                 f"{MAX_FULL_PIXELS:,} pixels for an image decoded at full size (JPEGs are "
                 f"decoded reduced, up to {MAX_PIXELS:,})"
             )
+        scale = 1.0
+        orientation, region = 1, None
+        if drafted:  # a JPEG's EXIF comes with its header: the box is placed before decoding
+            orientation = _orientation(img)
+            region = None if box is None else _clamp(p, box, _upright_size(img, orientation))
+            scale = _draft(img, min_side, region)
         with _decode_slot(img.width * img.height):
+            if not drafted:  # reading a PNG's EXIF may decode it: inside the slot
+                orientation = _orientation(img)
             img.load()
+            if _orientation(img) != orientation:
+                orientation = 1  # Pillow turned it upright as it loaded it (TIFF) and said so
+            if not drafted and box is not None:
+                region = _clamp(p, box, _upright_size(img, orientation))
             if min_side is not None and img.width * img.height > BIG_DECODE_PIXELS:
                 img, scale = _reduce(img, min_side, region)
-            img = ImageOps.exif_transpose(img)
+            if orientation in _UPRIGHT:
+                img = img.transpose(_UPRIGHT[orientation])
             if region is not None:
                 img = img.crop(_scaled(region, scale, img.size))
             return _to_rgb(img)
@@ -164,9 +184,14 @@ def _image_errors(p: Path) -> Iterator[None]:
         raise ImageError(f"{p}: not a readable image ({reason})") from exc
 
 
-def _upright_size(img: Image.Image) -> tuple[int, int]:
-    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
-    return (img.height, img.width) if orientation in _SWAPS_SIDES else img.size
+def _orientation(img: Image.Image) -> int:
+    value = img.getexif().get(ExifTags.Base.Orientation, 1)
+    return value if isinstance(value, int) else 1
+
+
+def _upright_size(img: Image.Image, orientation: int | None = None) -> tuple[int, int]:
+    turn = _orientation(img) if orientation is None else orientation
+    return (img.height, img.width) if turn in _SWAPS_SIDES else img.size
 
 
 def _clamp(p: Path, box: Box, size: tuple[int, int]) -> Box:

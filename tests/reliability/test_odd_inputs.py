@@ -171,6 +171,25 @@ def test_a_label_does_not_begin_or_end_with_white_space(index: Path, tmp_path: P
     assert built.returncode == 1 and "white space" in built.stderr
 
 
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG", "PNG", "WEBP"])
+def test_an_exif_orientation_turns_the_image_and_its_box_alike(tmp_path: Path, fmt: str):
+    """Found by the image fuzzing: Pillow drops a TIFF's orientation when it loads one, so a
+    TIFF tagged to be turned was not turned, and a box in upright coordinates cut nothing."""
+    stored = Image.new("RGB", (40, 20), (250, 250, 250))
+    stored.paste((200, 0, 0), (0, 0, 10, 20))  # a red band on the left of what is stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to display: the band goes to the top
+    stored.save(tmp_path / "turned.img", format=fmt, exif=exif.tobytes(), quality=95)
+    upright = load_rgb(tmp_path / "turned.img")
+    assert upright.size == (20, 40)
+    red, _, blue = upright.getpixel((10, 5))
+    assert red > 150 and blue < 100, upright.getpixel((10, 5))
+    top = load_rgb(tmp_path / "turned.img", box=(0, 0, 20, 10))
+    assert top.size == (20, 10) and top.getpixel((10, 5))[2] < 100
+    bottom = load_rgb(tmp_path / "turned.img", box=(0, 39, 20, 40))
+    assert bottom.size == (20, 1) and bottom.getpixel((10, 0))[2] > 200
+
+
 def test_pillows_warnings_on_a_damaged_file_are_not_printed(index: Path, tmp_path: Path):
     """Found by the image fuzzing: a photo with corrupt EXIF (or a TIFF tag larger than the
     file) still decodes, but Pillow's warning reached stderr as two lines of Python."""
