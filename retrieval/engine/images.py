@@ -48,6 +48,28 @@ _UPRIGHT = {
 Box = tuple[int, int, int, int]
 
 
+def _quiet_libtiff() -> None:
+    """libtiff writes its errors and warnings on stderr itself ("ZIPDecode: Decoding error at
+    scanline 0, ..."), besides failing the decode that Pillow then reports: its handlers are
+    turned off, in the copy of libtiff Pillow loaded (found in this process's memory map)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return
+    found = {line.split()[-1] for line in maps.splitlines() if "/libtiff" in line}
+    for path in found:
+        try:
+            lib = ctypes.CDLL(path)
+            lib.TIFFSetErrorHandler.restype = lib.TIFFSetWarningHandler.restype = ctypes.c_void_p
+            lib.TIFFSetErrorHandler(None)
+            lib.TIFFSetWarningHandler(None)
+        except (OSError, AttributeError):
+            continue
+
+
+_quiet_libtiff()
+
+
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 

@@ -201,3 +201,19 @@ def test_pillows_warnings_on_a_damaged_file_are_not_printed(index: Path, tmp_pat
     done = retrieve("query", photo, "--index", index)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.startswith(f"{photo}: blue")
+
+
+def test_libtiffs_own_messages_are_not_printed(index: Path, tmp_path: Path):
+    """Found by the image fuzzing: libtiff writes its errors on stderr itself ("ZIPDecode:
+    Decoding error at scanline 0, ..."), a line before ours."""
+    pixels = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "z.tif", compression="tiff_deflate")
+    data = bytearray((tmp_path / "z.tif").read_bytes())
+    for i in range(20, 60):  # the compressed pixels
+        data[i] ^= 0x55
+    (tmp_path / "damaged.tif").write_bytes(bytes(data))
+    done = retrieve("query", tmp_path / "damaged.tif", "--index", index)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"retrieve: error: {tmp_path / 'damaged.tif'}: not a readable image (decoder error -2)"
+    ], done.stderr
