@@ -31,6 +31,16 @@ MAX_FULL_PIXELS = 50_000_000
 # at most two run at a time in a process, however many requests or threads ask, so that
 # concurrent uploads of big images cannot add up to gigabytes; the memory is given back after.
 BIG_DECODE_PIXELS = 16_000_000
+# Pillow keeps a pointer per row (8 bytes, two pixels' worth) besides the pixels themselves: an
+# image of 1 x 33 million pixels held 256 MiB of them alone. Limits count them.
+_ROW_PIXELS = 2
+
+
+def _held(width: int, height: int) -> int:
+    """What an image decoded at this size holds, in pixels (4 bytes each) with its rows'."""
+    return width * height + _ROW_PIXELS * height
+
+
 _DRAFTABLE = frozenset({"JPEG", "MPO"})
 # EXIF orientations that turn the stored image by a quarter: width and height trade places.
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
@@ -99,11 +109,11 @@ def load_rgb(
                 f"{p}: {img.width}x{img.height} image is over the limit of {MAX_PIXELS:,} pixels"
             )
         drafted = min_side is not None and img.format in _DRAFTABLE
-        if not drafted and img.width * img.height > MAX_FULL_PIXELS:
+        if not drafted and _held(img.width, img.height) > MAX_FULL_PIXELS:
             raise ImageError(
                 f"{p}: {img.width}x{img.height} {img.format or ''} image is over the limit of "
-                f"{MAX_FULL_PIXELS:,} pixels for an image decoded at full size (JPEGs are "
-                f"decoded reduced, up to {MAX_PIXELS:,})"
+                f"{MAX_FULL_PIXELS:,} pixels for an image decoded at full size, each row "
+                f"counting {_ROW_PIXELS} more (JPEGs are decoded reduced, up to {MAX_PIXELS:,})"
             )
         scale = 1.0
         orientation, region = 1, None
@@ -111,7 +121,7 @@ def load_rgb(
             orientation = _orientation(img)
             region = None if box is None else _clamp(p, box, _upright_size(img, orientation))
             scale = _draft(img, min_side, region)
-        with _decode_slot(img.width * img.height):
+        with _decode_slot(_held(img.width, img.height)):
             if not drafted:  # reading a PNG's EXIF may decode it: inside the slot
                 orientation = _orientation(img)
             img.load()

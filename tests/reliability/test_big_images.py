@@ -7,8 +7,6 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +15,8 @@ from PIL import Image
 from retrieval.engine import images
 from retrieval.engine.images import MAX_FULL_PIXELS, decode_input, load_rgb
 from retrieval.errors import ImageError
+
+from ..conftest import peak_growth
 
 MB = 1 << 20
 
@@ -35,25 +35,6 @@ def flat_png(width: int, height: int, color: tuple[int, ...] = (90, 160, 40, 255
 
     header = struct.pack(">IIBBBBB", width, height, 8, kind, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def peak_growth(run: Callable[[], object]) -> tuple[int, int]:
-    """(how far this process's peak RSS rose above its RSS while ``run`` ran, how much more RSS
-    it holds afterwards), in bytes. The peak is reset first (/proc/self/clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pytest.skip("the peak RSS cannot be reset here (/proc/self/clear_refs)")
-    before = _status("VmRSS")
-    run()
-    return _status("VmHWM") - before, _status("VmRSS") - before
 
 
 def test_a_small_png_claiming_120_megapixels_is_refused_before_decoding():
@@ -109,3 +90,19 @@ def test_big_decodes_run_two_at_a_time():
         t.join(timeout=120)
     assert sizes == [(100, 100)] * 5
     assert images.BIG_DECODES.most_held == 2
+
+
+def test_a_tall_thin_image_counts_its_rows():
+    """Found by the image fuzzing: a BMP of 1 x 33,554,433 pixels (33.5 MP, under the limit)
+    made Pillow hold 256 MiB of row pointers before it found the file truncated."""
+    header = struct.pack("<2sIHHI", b"BM", 58, 0, 0, 54) + struct.pack(
+        "<IiiHHIIiiII", 40, 1, 33_554_433, 1, 24, 0, 4, 3780, 3780, 0, 0
+    )
+    data = header + b"\xc1\x81^\x00"
+
+    def decode() -> None:
+        with pytest.raises(ImageError, match="each row counting 2 more"):
+            decode_input(data, "tall.bmp", min_side=224)
+
+    peak, _ = peak_growth(decode)
+    assert peak < 20 * MB, f"peak RSS rose by {peak / MB:.0f} MB"
