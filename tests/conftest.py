@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,25 @@ def need_shared(sub: str) -> Path:
             f"real data {path} is absent (only the developers' machines have ../shared/data)"
         )
     return path
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def peak_growth(run: Callable[[], object]) -> tuple[int, int]:
+    """(how far this process's peak RSS rose above its RSS while ``run`` ran, how much more RSS
+    it holds afterwards), in bytes. The peak is reset first (/proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("the peak RSS cannot be reset here (/proc/self/clear_refs)")
+    before = _status("VmRSS")
+    run()
+    return _status("VmHWM") - before, _status("VmRSS") - before
 
 
 def write_image(path: Path, color: tuple[int, int, int], seed: int, size: int = 48) -> Path:

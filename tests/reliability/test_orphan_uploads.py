@@ -9,9 +9,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +19,8 @@ from PIL import Image
 from retrieval.api import Retriever, check
 from retrieval.indexing import uploads
 
-from .conftest import COMMAND_ENV, REPO, hold_lock, retrieve
+from ..server.helpers import serve_process
+from .conftest import hold_lock, retrieve
 
 N = 120
 
@@ -35,29 +33,6 @@ def photo(i: int) -> bytes:
 
 def files_in(index: Path) -> list[Path]:
     return sorted(p for p in (index / "uploads").rglob("*") if p.is_file())
-
-
-def serve(index: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "retrieval", "serve", "--index", str(index), "--port", str(port)],
-        cwd=REPO,
-        env={**COMMAND_ENV, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return server, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the server did not start")
 
 
 def post_many(url: str) -> None:
@@ -74,7 +49,7 @@ def post_many(url: str) -> None:
 def test_uploads_of_a_server_killed_mid_enrolment_are_noted_and_repaired(index: Path):
     with Retriever(index) as r:
         kept = r.enroll("kept", [photo(9999)]).added  # a recorded upload: it must stay
-    server, url = serve(index)
+    server, url = serve_process(index)
     try:
         lock = hold_lock(index, 120)  # the enrolment waits for the writer lock: its files are out
         posting = threading.Thread(target=post_many, args=(url,), daemon=True)
