@@ -276,14 +276,25 @@ class _Slots:
 BIG_DECODES = _Slots(2)
 
 
-def _malloc_trim() -> object:
+def _libc(name: str) -> object:
     try:
-        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+        return getattr(ctypes.CDLL(None), name, None)
     except OSError:
         return None
 
 
-_trim = _malloc_trim()
+_trim = _libc("malloc_trim")
+_M_MMAP_THRESHOLD = -3
+
+
+def give_back_big_blocks(threshold: int = 4 << 20) -> bool:
+    """For a long-running process (``retrieve serve``): allocations of ``threshold`` bytes and
+    more (a decoded image's blocks, big arrays) get pages of their own, returned to the system
+    when freed, instead of glibc's heap, whose threshold otherwise rises to 32 MB after the first
+    big free and which keeps what it holds (idle RSS crept up by 200 MB over 6 rounds of 8
+    concurrent 50 MP uploads). Whether the C library took it (glibc only)."""
+    mallopt = _libc("mallopt")
+    return callable(mallopt) and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 @contextmanager

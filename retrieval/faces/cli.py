@@ -658,6 +658,9 @@ def serve_cmd(
             f"--host {host} is reachable from the network: give --token TOKEN or set "
             "RETRIEVE_TOKEN (writes then need it)"
         )
+    from retrieval.engine.images import give_back_big_blocks
+
+    give_back_big_blocks()  # a server runs for long: what a big upload took is given back
     hosts = default_hosts(host) | {h.lower() for h in allow_hosts}
     app = create_app(index_dir, max_upload_mb=max_upload_mb, token=token, allowed_hosts=hosts)
     guarded = "; writes need the access token" if token is not None else ""

@@ -4,9 +4,11 @@ little more than its own pixels and gives them back; big decodes run two at a ti
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 import threading
-import zlib
 
 import numpy as np
 import pytest
@@ -16,25 +18,10 @@ from retrieval.engine import images
 from retrieval.engine.images import MAX_FULL_PIXELS, decode_input, load_rgb
 from retrieval.errors import ImageError
 
-from ..conftest import peak_growth
+from ..conftest import flat_png, peak_growth
+from .conftest import REPO
 
 MB = 1 << 20
-
-
-def flat_png(width: int, height: int, color: tuple[int, ...] = (90, 160, 40, 255)) -> bytes:
-    """A PNG of one colour (RGBA, RGB or L by the length of ``color``), written without
-    holding its pixels: megapixels in a few hundred kilobytes."""
-    kind = {4: 6, 3: 2, 1: 0}[len(color)]
-    row = b"\x00" + bytes(color) * width
-    compressor = zlib.compressobj(1)
-    raw = b"".join(compressor.compress(row * 64) for _ in range(height // 64))
-    raw += compressor.compress(row * (height % 64)) + compressor.flush()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, kind, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
 def test_a_small_png_claiming_120_megapixels_is_refused_before_decoding():
@@ -106,3 +93,44 @@ def test_a_tall_thin_image_counts_its_rows():
 
     peak, _ = peak_growth(decode)
     assert peak < 20 * MB, f"peak RSS rose by {peak / MB:.0f} MB"
+
+
+RECURRING = """
+import sys, threading
+from tests.conftest import flat_png
+from retrieval.engine import images
+if sys.argv[1] == "give back":
+    assert images.give_back_big_blocks()
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) << 10
+pngs = [flat_png(5000, 5000, (i, 100, 50, 255)) for i in range(4)]
+small = flat_png(3000, 1000, (1, 2, 3, 255))
+images.load_rgb("warm-up", 224, data=small)
+base = rss()
+for _ in range(4):  # rounds of 4 concurrent big decodes, with smaller ones between
+    threads = [
+        threading.Thread(target=lambda d=d: [images.load_rgb("a", 224, data=d), images.load_rgb("b", 224, data=small)])
+        for d in pngs
+    ]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+print(rss() - base)
+"""
+
+
+def test_a_server_gives_back_what_rounds_of_big_decodes_took():
+    """After rounds of concurrent 25 MP decodes a process held 28 MB more each time it was
+    measured (glibc's heap keeps freed blocks once its mmap threshold has risen); `retrieve
+    serve` asks for big blocks of their own, returned when freed."""
+    done = subprocess.run(
+        [sys.executable, "-c", RECURRING, "give back"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 8 * MB, f"{int(done.stdout) / MB:.0f} MB more held"
