@@ -636,9 +636,9 @@ def serve_cmd(
     token: str | None,
     allow_hosts: tuple[str, ...],
 ) -> None:
-    """Serve the index over HTTP: POST /query, POST /enroll, DELETE /items, GET /labels,
-    GET /health, a web page at / and the API docs at /docs. The index and its network are
-    loaded once, at start-up."""
+    """Serve the index over HTTP: POST /query, POST /enroll, DELETE /labels, DELETE /items,
+    GET /labels, GET /health, a web page at / and the API docs at /docs. The index and its
+    network are loaded once, at start-up."""
     if token is not None and not token.strip():
         raise click.UsageError("--token must not be empty")
     try:
