@@ -39,17 +39,22 @@ class FaissCache:
     def __init__(self, root: Path) -> None:
         self.vectors = root / VECTORS
         self.sidecar = root / SIDECAR
+        self.rejected: str | None = None  # why the last read found the cache unusable
 
     def read(self, generation: int, count: int, dim: int) -> Any:
         """The cached index if the sidecar names ``generation`` and the file has its sha256 and
-        holds ``count`` ``dim``-d vectors; else None, with the reason logged."""
+        holds ``count`` ``dim``-d vectors; else None. Why a cache that was there is not used
+        (damaged, or of other vectors) is kept in ``rejected`` for the caller to log once its
+        rebuild from the records has worked: if the records are at fault, their error alone
+        is the message."""
+        self.rejected = None
         try:
             meta = read_sidecar(self.sidecar)
         except FileNotFoundError:
             log.info("%s is missing; rebuilding %s", self.sidecar, self.vectors)
             return None
         except (OSError, ValueError, IndexFormatError) as exc:
-            log.warning("%s is unusable (%s); rebuilding %s", self.sidecar, exc, self.vectors)
+            self.rejected = f"{self.sidecar} is unusable ({exc}); rebuilt {self.vectors}"
             return None
         if meta["generation"] != generation:
             log.info(
@@ -65,16 +70,12 @@ class FaissCache:
             log.info("%s is missing; rebuilding it", self.vectors)
             return None
         except (OSError, IndexFormatError) as exc:
-            log.warning("%s cannot be used (%s); rebuilding it", self.vectors, exc)
+            self.rejected = f"{self.vectors} could not be used ({exc}); rebuilt it"
             return None
         if backend.dim(index) != dim or backend.ntotal(index) != count:
-            log.warning(
-                "%s holds %d %d-d vectors, records hold %d %d-d; rebuilding it",
-                self.vectors,
-                backend.ntotal(index),
-                backend.dim(index),
-                count,
-                dim,
+            self.rejected = (
+                f"{self.vectors} held {backend.ntotal(index)} {backend.dim(index)}-d vectors, "
+                f"the records {count} {dim}-d; rebuilt it"
             )
             return None
         return index

@@ -97,6 +97,9 @@ def _strings(values: Sequence[str], what: str, n: int) -> list[str]:
     return [str(v) for v in out]
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _as_ids(ids: Iterable[int]) -> np.ndarray:
     arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
     if arr.size == 0:
@@ -358,6 +361,8 @@ class IndexStore:
             return False
         n = self._rebuild_memory()
         log.info("rebuilt %s from %d records", self._root / VECTORS, n)
+        if self._cache.rejected is not None:
+            log.warning("%s", self._cache.rejected)
         if persist:
             self._persist_cache()
         return True
@@ -693,6 +698,8 @@ class IndexStore:
         db = self._records()
         if ids is None:
             return [_item(row) for row in db.rows()]
+        if not isinstance(ids, np.ndarray):  # an int beyond int64 is no id: skipped, as unknown
+            ids = [i for i in ids if not (isinstance(i, int) and not _INT64_MIN <= i <= _INT64_MAX)]
         return [_item(row) for row in db.rows(_as_ids(ids).tolist())]
 
     @_serialised

@@ -12,6 +12,7 @@ scripts are its users. (``evaluate`` is training/evaluation.py's, re-exported.)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -33,7 +34,7 @@ from retrieval.engine.classify import vote as knn_vote
 from retrieval.engine.embed import Embedder
 from retrieval.engine.images import ImageInput, decode_input
 from retrieval.engine.network import ModelEntry
-from retrieval.errors import InputError
+from retrieval.errors import InputError, NotFoundError
 from retrieval.indexing import calibration, uploads
 from retrieval.indexing.build import BuildReport
 from retrieval.indexing.calibration import OpenSet
@@ -232,7 +233,7 @@ class Retriever:
         vote: str = "prototype",
     ) -> Iterator[Answer]:
         """``query`` of images one at a time as they come (e.g. paths read from a pipe)."""
-        _check_vote(k, vote)
+        _check_vote(k, vote, min_score)
         for i, image in enumerate(images):
             yield self.answer(image, name=_name(image, i), k=k, min_score=min_score, vote=vote)
 
@@ -247,7 +248,7 @@ class Retriever:
     ) -> Answer:
         """The answer for one image (see ``query``); ``name`` is what the answer and an error
         call it (default: its path)."""
-        _check_vote(k, vote)
+        _check_vote(k, vote, min_score)
         start = time.perf_counter()
         name = _name(image, 0) if name is None else name
         opened = self._current()
@@ -358,19 +359,21 @@ class Retriever:
         ]
         scan = collect_images(list(files)) if files else None
         self._writable()
-        stored = [
-            uploads.store(self.path, f"image-{i + 1}.png", _png(image, _name(image, i)))
-            for i, image in in_memory
-        ]
         paths = [r.path for r in scan.records] if scan else []
         skipped = list(scan.skipped) if scan else []
         report = None
-        try:
-            report = self.enroll_files(
-                label, [*paths, *(s.path for s in stored)], skipped, progress=progress
-            )
-        finally:
-            uploads.discard(stored, report.added if report else ())
+        # While its copies are out, check --repair leaves them alone (uploads.pending).
+        with uploads.pending(self.path) if in_memory else contextlib.nullcontext():
+            stored = [
+                uploads.store(self.path, f"image-{i + 1}.png", _png(image, _name(image, i)))
+                for i, image in in_memory
+            ]
+            try:
+                report = self.enroll_files(
+                    label, [*paths, *(s.path for s in stored)], skipped, progress=progress
+                )
+            finally:
+                uploads.discard(stored, report.added if report else ())
         return report
 
     def enroll_files(
@@ -388,13 +391,15 @@ class Retriever:
         embedder = self._embedder(opened)
         target = smallest(opened.stores) if len(opened.stores) > 1 else opened.stores[0]
         others = [s for s in opened.stores if s is not target]
-        records = [Record(Path(p), label) for p in paths]
-        shas = hash_records(records)
+        records, shas, unreadable = hash_records([Record(Path(p), label) for p in paths])
+        skipped = [*skipped, *unreadable]
         with target.writing():  # a writer, even with nothing to add: leftovers of killed ones go
             known = find_content(others, shas)
             known.update(target.find_sha256(shas))
         keep, dupes = dedupe(records, shas, known)
         embedded = Embedded()
+        if not records and skipped:
+            raise InputError(f"none of the images for {label!r} could be read; nothing enrolled")
         if keep:
 
             def committed(before: int, vectors: np.ndarray, labels: list[str]) -> None:
@@ -441,7 +446,7 @@ class Retriever:
                 if label is not None:
                     found = store.find(label=label)
                 else:
-                    resolved = str(Path(path).resolve())  # type: ignore[arg-type]
+                    resolved = _resolved(path)  # type: ignore[arg-type]
                     found = store.find(path=resolved) or store.find(path=str(path))
                 if not found:
                     continue
@@ -456,7 +461,7 @@ class Retriever:
                 gone += removed
         if not gone:
             what = f"items with label {label!r}" if label is not None else f"item with path {path}"
-            raise InputError(f"no {what} in {self.path}")
+            raise NotFoundError(f"no {what} in {self.path}")
         with opened.stores[0].writing():
             calibration.refresh(self.path, opened.stores)
         uploads.delete_copies(self.path, gone)
@@ -499,7 +504,17 @@ class Retriever:
         return sum(len(s) for s in self._current().stores)
 
 
-def _check_vote(k: int, method: str) -> None:
+def _resolved(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute, symbolic links resolved; as given when it cannot be (a NUL)."""
+    try:
+        return str(Path(path).resolve())
+    except (OSError, ValueError):
+        return str(path)
+
+
+def _check_vote(k: int, method: str, min_score: float | None = None) -> None:
+    if min_score is not None and not math.isfinite(min_score):  # NaN compares false
+        raise InputError(f"--min-score must be a finite number, not {min_score}")
     if k < 1:
         raise InputError(f"-k must be at least 1, not {k}")
     if method not in RULES:

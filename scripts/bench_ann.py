@@ -169,6 +169,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def run_facts(script: str, load_before: float) -> dict[str, object]:
+    """What a benchmark's table says it ran on: the machine (CPU, cores, the 1-minute load
+    average before and now) and the exact command, as run from the repository root."""
+    root = Path(__file__).resolve().parents[1]
+    command = "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(script, root), *sys.argv[1:]]
+    )
+    return {
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        },
+        "command": command,
+    }
+
+
+def print_facts(report: dict) -> None:
+    """The first lines of a benchmark's table: the machine and the command (see run_facts)."""
+    machine = report["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores; command: {report['command']}")
+    before, after = machine["load_average_1min"]
+    print(f"load average (1 min) before {before:.2f}, after {after:.2f} (other work included)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

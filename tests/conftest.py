@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import COLORS, write_image
+from .helpers import COLORS, build_tiny_index, copy_index, write_image
 
 
 @pytest.fixture
@@ -32,3 +32,15 @@ def tiny_index(tmp_path: Path) -> Path:
             write_image(tmp_path / "g" / label / f"{j}.png", color, seed=10 * ci + j)
     retrieval.build(tmp_path / "g", tmp_path / "idx", model="tiny")
     return tmp_path / "idx"
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny index for the session (build_tiny_index): never changed; ``index`` copies it."""
+    return build_tiny_index(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture
+def index(built: Path, tmp_path: Path) -> Path:
+    """A copy of the built index that the test may change."""
+    return copy_index(built, tmp_path / "index")

@@ -9,8 +9,11 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import sys
 import threading
+import zlib
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -211,3 +214,58 @@ def cache_is_current(root: Path) -> bool:
     meta = sidecar(root)
     digest = hashlib.sha256((root / "vectors.faiss").read_bytes()).hexdigest()
     return meta["generation"] == db_generation(root) and meta["sha256"] == digest
+
+
+def build_tiny_index(root: Path) -> Path:
+    """Three colour classes x 4 images under ``root/gallery``, indexed with the tiny model into
+    ``root/index``; returns the index folder."""
+    from retrieval.indexing.build import build_index
+
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(4):
+            write_image(root / "gallery" / label / f"{j}.png", color, seed=ci * 10 + j)
+    build_index(root / "gallery", root / "index", model="tiny")
+    return root / "index"
+
+
+def copy_index(index: Path, dest: Path) -> Path:
+    """A copy of an index folder, for a test that changes it."""
+    shutil.copytree(index, dest)
+    return dest
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def peak_growth(run: Callable[[], object]) -> tuple[int, int]:
+    """(how far this process's peak RSS rose above its RSS while ``run`` ran, how much more RSS
+    it holds afterwards), in bytes. The peak is reset first (/proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("the peak RSS cannot be reset here (/proc/self/clear_refs)")
+    before = _status("VmRSS")
+    run()
+    return _status("VmHWM") - before, _status("VmRSS") - before
+
+
+def flat_png(
+    width: int, height: int, color: tuple[int, ...] = (90, 160, 40, 255), level: int = 1
+) -> bytes:
+    """A PNG of one colour (RGBA, RGB or L by the length of ``color``), written without
+    holding its pixels: megapixels in a few hundred kilobytes (compression ``level``)."""
+    kind = {4: 6, 3: 2, 1: 0}[len(color)]
+    row = b"\x00" + bytes(color) * width
+    compressor = zlib.compressobj(level)
+    raw = b"".join(compressor.compress(row * 64) for _ in range(height // 64))
+    raw += compressor.compress(row * (height % 64)) + compressor.flush()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, kind, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")

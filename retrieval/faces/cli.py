@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from index import AUTO_IVF_ABOVE, INDEX_TYPES
+from index import AUTO_IVF_ABOVE, INDEX_TYPES, one_line
 from retrieval.config import INDEX_ENV, TrainConfig, default_index_dir
 
 if TYPE_CHECKING:
@@ -44,14 +44,14 @@ def _bar(total: int, desc: str) -> Iterator[object]:
 
 
 def _fail(message: str) -> None:
-    click.echo(f"retrieve: error: {message}", err=True)
+    click.echo(f"retrieve: error: {one_line(message)}", err=True)
     sys.exit(EXIT_ERROR)
 
 
 def _warn_skipped(skipped: list[tuple[str, str]], what: str) -> None:
     for path, reason in skipped:
-        reason = reason.removeprefix(f"{path}: ")
-        click.echo(f"warning: skipped {path}: {reason}", err=True)
+        reason = one_line(reason).removeprefix(f"{one_line(path)}: ")
+        click.echo(f"warning: skipped {one_line(path)}: {reason}", err=True)
     if skipped:
         click.echo(f"warning: {len(skipped)} {what} skipped", err=True)
 
@@ -351,13 +351,14 @@ def _show_answer(p: Answer, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(p.to_json(), ensure_ascii=False))
         return
+    query = one_line(p.query)
     if p.label is None:
         near = f"; nearest: {', '.join(p.suggestions[:3])}" if p.suggestions else ""
-        click.echo(f"{p.query}: unknown ({p.unknown_because}{near})")
+        click.echo(f"{query}: unknown ({one_line(p.unknown_because or '')}{one_line(near)})")
     else:
-        click.echo(f"{p.query}: {p.label}  (confidence {p.confidence:.2f})")
+        click.echo(f"{query}: {one_line(p.label)}  (confidence {p.confidence:.2f})")
     for n in p.neighbors:
-        click.echo(f"    {n.score:.3f}  {n.label}  {n.path}")
+        click.echo(f"    {n.score:.3f}  {one_line(n.label)}  {one_line(n.path)}")
 
 
 @main.command("enroll")
@@ -373,7 +374,7 @@ def enroll_cmd(label: str, inputs: tuple[Path, ...], index_dir: Path, batch_size
         report = r.enroll(label, list(inputs), progress=_bar)
     _warn_skipped(report.skipped, "unreadable or non-image files")
     for path, reason in report.duplicates:
-        click.echo(f"already indexed: {path} ({reason})", err=True)
+        click.echo(f"already indexed: {one_line(path)} ({one_line(reason)})", err=True)
     click.echo(
         f"enrolled {len(report.added)} images as {label!r} "
         f"({len(report.duplicates)} already indexed); {label!r} now has {report.total_for_label}"
@@ -417,9 +418,9 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
     )
     click.echo(f"items     {i.count} in {len(i.labels)} labels")
     click.echo(f"unknown   {_open_set_line(i.open_set)}")
-    width = max((len(lab) for lab in i.labels), default=0)
+    width = max((len(one_line(lab)) for lab in i.labels), default=0)
     for lab, n in i.labels.items():
-        click.echo(f"  {lab:<{width}}  {n}")
+        click.echo(f"  {one_line(lab):<{width}}  {n}")
 
 
 def _open_set_line(o: dict | None) -> str:
@@ -477,11 +478,11 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
         click.echo(json.dumps(report.to_json(), ensure_ascii=False))
     else:
         for line in report.repaired:
-            click.echo(f"repaired: {line}")
+            click.echo(f"repaired: {one_line(line)}")
         for line in report.notes:
-            click.echo(f"note: {line}")
+            click.echo(f"note: {one_line(line)}")
         for line in report.problems:
-            click.echo(f"problem: {line}")
+            click.echo(f"problem: {one_line(line)}")
         if report.ok:
             click.echo(f"index OK: {report.items} items, {report.labels} labels")
         else:
@@ -674,13 +675,40 @@ SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipa
     show_default=True,
     help="Largest request body (all files of one request); larger ones get 413.",
 )
-def serve_cmd(index_dir: Path, host: str, port: int, max_upload_mb: float) -> None:
-    """Serve the index over HTTP: POST /query, POST /enroll, DELETE /items, GET /labels,
-    GET /health, a web page at / and the API docs at /docs. The index and its network are
-    loaded once, at start-up."""
+@click.option(
+    "--token",
+    envvar="RETRIEVE_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="Access token that writes (enrol, remove) need, as 'Authorization: Bearer TOKEN'; "
+    "required when --host is not a loopback address.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host header is NAME (repeatable; '*': any). By default "
+    "only the bound address and localhost's names (bound to 0.0.0.0 or ::, also this "
+    "machine's names and any IP address).",
+)
+def serve_cmd(
+    index_dir: Path,
+    host: str,
+    port: int,
+    max_upload_mb: float,
+    token: str | None,
+    allow_hosts: tuple[str, ...],
+) -> None:
+    """Serve the index over HTTP: POST /query, POST /enroll, DELETE /labels, DELETE /items,
+    GET /labels, GET /health, a web page at / and the API docs at /docs. The index and its
+    network are loaded once, at start-up."""
+    if token is not None and not token.strip():
+        raise click.UsageError("--token must not be empty")
     try:
         import uvicorn
 
+        from retrieval.faces.guard import default_hosts, needs_token
         from retrieval.faces.server import create_app
     except ModuleNotFoundError as exc:
         if exc.name not in SERVE_MODULES:
@@ -689,6 +717,16 @@ def serve_cmd(index_dir: Path, host: str, port: int, max_upload_mb: float) -> No
             f"retrieve serve needs the 'serve' extra ({exc.name} is not installed): "
             "pip install 'retrieve[serve]'"
         )
-    app = create_app(index_dir, max_upload_mb=max_upload_mb)
-    click.echo(f"serving {index_dir} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    if token is None and needs_token(host):
+        _fail(
+            f"--host {host} is reachable from the network: give --token TOKEN or set "
+            "RETRIEVE_TOKEN (writes then need it)"
+        )
+    from retrieval.engine.images import give_back_big_blocks
+
+    give_back_big_blocks()  # a server runs for long: what a big upload took is given back
+    hosts = default_hosts(host) | {h.lower() for h in allow_hosts}
+    app = create_app(index_dir, max_upload_mb=max_upload_mb, token=token, allowed_hosts=hosts)
+    guarded = "; writes need the access token" if token is not None else ""
+    click.echo(f"serving {index_dir} on http://{host}:{port}/{guarded} (Ctrl-C to stop)", err=True)
     uvicorn.run(app, host=host, port=port)

@@ -272,9 +272,10 @@ def build_index(
     scan = (dataset or DatasetOptions()).scan(gallery)
     network = _network(model, weights, scan.records, batch_size)
     start = time.perf_counter()
-    shas = hash_records(scan.records)
-    keep, dupes = dedupe(scan.records, shas, {})
-    records = [scan.records[i] for i in keep]
+    readable, shas, unreadable = hash_records(scan.records)
+    scan.skipped.extend(unreadable)
+    keep, dupes = dedupe(readable, shas, {})
+    records = [readable[i] for i in keep]
     shas = [shas[i] for i in keep]
     target.parent.mkdir(parents=True, exist_ok=True)
     for stray in stray_builds(target):

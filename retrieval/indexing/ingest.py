@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from index import IndexStore, sha256_file
+from index import IndexStore, NotRegularFileError, sha256_file
 from retrieval.datasets.folders import Record
 from retrieval.engine.embed import Embedder, EmbedResult
 from retrieval.progress import ProgressFactory
@@ -19,8 +19,25 @@ from retrieval.progress import ProgressFactory
 CHUNK = 256  # images per commit of build-index and enroll (rounded up to whole batches)
 
 
-def hash_records(records: Sequence[Record]) -> list[str]:
-    return [sha256_file(r.path) for r in records]
+def hash_records(
+    records: Sequence[Record],
+) -> tuple[list[Record], list[str], list[tuple[str, str]]]:
+    """The records whose files can be read, the sha256 of each one's content, and (path,
+    reason) for the others (gone, unreadable, or not a regular file: a FIFO or a device is
+    never read)."""
+    kept: list[Record] = []
+    shas: list[str] = []
+    failures: list[tuple[str, str]] = []
+    for r in records:
+        try:
+            shas.append(sha256_file(r.path))
+        except NotRegularFileError as exc:
+            failures.append((str(r.path), exc.why))
+        except OSError as exc:
+            failures.append((str(r.path), f"cannot be read ({exc.strerror or exc})"))
+        else:
+            kept.append(r)
+    return kept, shas, failures
 
 
 def dedupe(

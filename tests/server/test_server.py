@@ -75,7 +75,7 @@ def test_enroll_query_delete(index: Path, tmp_path: Path):
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert max(Image.open(io.BytesIO(thumb.content)).size) <= 160
 
-        r = client.delete(f"{url}/items", params={"label": "purple"})
+        r = client.delete(f"{url}/labels", params={"label": "purple"})
         assert r.status_code == 200 and r.json()["removed"] == 3
         assert not any(p.exists() for p in kept)
         assert "purple" not in client.get(f"{url}/labels").json()
@@ -86,7 +86,7 @@ def test_enroll_query_delete(index: Path, tmp_path: Path):
         assert r.status_code == 200 and r.json()["removed"] == 1
         assert Path(answer_path).is_file()  # a gallery photo is never deleted, only its item
         assert sum(client.get(f"{url}/labels").json().values()) == 11
-        assert client.delete(f"{url}/items", params={"label": "nope"}).status_code == 422
+        assert client.delete(f"{url}/labels", params={"label": "nope"}).status_code == 404
     assert "index OK: 11 items" in run("check", "--index", index).output
 
 

@@ -3,8 +3,22 @@
 const $ = (id) => document.getElementById(id);
 let photo = null; // the File being shown
 
-async function call(method, url, body) {
-  const response = await fetch(url, { method, body });
+const TOKEN_KEY = "retrieve-token";
+let token = sessionStorage.getItem(TOKEN_KEY); // asked once, kept for this tab's session
+
+async function call(method, url, body, asked = false) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(url, { method, body, headers });
+  if (response.status === 401 && !asked) {
+    const given = window.prompt(
+      "This service needs its access token to change the index (retrieve serve --token):",
+    );
+    if (given && given.trim()) {
+      token = given.trim();
+      sessionStorage.setItem(TOKEN_KEY, token);
+      return call(method, url, body, true);
+    }
+  }
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
     const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
