@@ -388,3 +388,15 @@ def test_find_and_vectors_of_some_items(filled) -> None:
     before = store.generation
     store.remove_ids([one.id])
     assert store.generation == before + 1 and store.find(path=one.path) == []
+
+
+def test_temp_files_of_state_kept_beside_the_index_go_with_the_next_writer(store: IndexStore):
+    """A writer killed while replacing a file its users keep beside the index (the open-set
+    state, say) leaves `.NAME.RANDOM.tmp`: the next writer removes it, and leaves the rest."""
+    left = store.path / ".openset.npz.k1ll3d.tmp"
+    left.write_bytes(b"half a file")
+    kept = store.path / "openset.npz"
+    kept.write_bytes(b"state")
+    with store.writing():
+        pass
+    assert not left.exists() and kept.read_bytes() == b"state"

@@ -124,7 +124,7 @@ def test_an_address_where_nothing_answers_is_one_line(ray_gallery: Path, tmp_pat
     assert not index.exists()
 
 
-def fifo_readers(path: Path) -> list[int]:
+def readers(path: Path) -> list[int]:
     """Pids of this build's embedding actors that hold ``path`` open."""
     found = []
     for pid in descendants_named("ray::MapWorker"):
@@ -134,93 +134,80 @@ def fifo_readers(path: Path) -> list[int]:
     return found
 
 
-class _HeldImage:
-    """The build's progress factory. When the embedding begins (after the driver has hashed
-    every file, before Ray reads any) the image ``path`` becomes a named pipe that the test
-    writes: the first actor to read it is killed while it waits for the bytes, mid-batch; every
-    later reader (the retried batch: Ray may run it more than once) gets the image's bytes."""
+class _KillTheDecoder:
+    """The build's progress factory. When the embedding begins (the driver has hashed every
+    file and checked the export on the first ones; only actors read images now), a thread
+    watches for the actor that opens ``path``, a large photo whose decoding takes seconds, and
+    kills it while it decodes, mid-batch."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.image = path.read_bytes()
-        self.ready, self.done = threading.Event(), threading.Event()
+        self.began = threading.Event()
         self.killed: list[int] = []
         self.errors: list[BaseException] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread = threading.Thread(target=self._kill, daemon=True)
 
     @contextlib.contextmanager
     def __call__(self, total: int, desc: str) -> Iterator[object]:
-        self.path.unlink()
-        os.mkfifo(self.path)
-        self.ready.set()
+        self.began.set()
         yield self
 
     def update(self, n: int) -> None:
         pass
 
-    def _serve(self) -> None:
+    def _kill(self) -> None:
         try:
-            self._kill_the_first_reader()
-            while True:
-                fd = os.open(self.path, os.O_WRONLY)  # returns when the next reader opens it
-                try:
-                    if self.done.is_set():
-                        return
-                    os.write(fd, self.image)
-                finally:
-                    os.close(fd)
-        except BaseException as exc:  # the test reports it
-            self.errors.append(exc)
-
-    def _kill_the_first_reader(self) -> None:
-        if not self.ready.wait(timeout=300):
-            raise TimeoutError("the embedding never began")
-        fd = os.open(self.path, os.O_WRONLY)  # returns once an actor opens it; its read waits
-        try:
-            deadline = time.monotonic() + 60
-            while not (readers := fifo_readers(self.path)) and time.monotonic() < deadline:
-                pass
-            for pid in readers:
+            if not self.began.wait(timeout=300):
+                raise TimeoutError("the embedding never began")
+            deadline = time.monotonic() + 120
+            while not (found := readers(self.path)) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            for pid in found[:1]:
                 process = os.pidfd_open(pid)
                 try:
                     signal.pidfd_send_signal(process, signal.SIGKILL)
                     self.killed.append(pid)
-                    # Gone (its end of the pipe closed) when its pidfd turns readable.
-                    select.select([process], [], [], 60)
+                    select.select([process], [], [], 60)  # gone when its pidfd turns readable
                 finally:
                     os.close(process)
-        finally:
-            os.close(fd)
+        except BaseException as exc:  # the test reports it
+            self.errors.append(exc)
 
-    def __enter__(self) -> _HeldImage:
+    def __enter__(self) -> _KillTheDecoder:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        if self.ready.is_set():
-            reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # lets _serve's open return
-            try:
-                self.thread.join(timeout=60)
-            finally:
-                os.close(reader)
+        self.began.set()
+        self.thread.join(timeout=180)
+
+
+def big_photo(path: Path) -> Path:
+    """A 36-megapixel PNG of noise stripes: seconds to decode on one core."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    row = rng.integers(0, 256, (1, 6000, 3), dtype=np.uint8)
+    Image.fromarray(np.repeat(row, 6000, axis=0)).save(path, compress_level=1)
+    return path
 
 
 def test_a_worker_killed_mid_batch_is_replaced_and_its_batch_retried(cluster, tmp_path: Path):
     """An embedding actor is killed while it decodes a batch: Ray restarts it and retries the
     batch, and the build ends as a local build of the same gallery does."""
     gallery = write_gallery(tmp_path / "gallery", 6, 100)
+    # The last image: past the first ones, which the export is checked on in the driver.
+    held = big_photo(gallery / "label05" / "0099.png")
     local, target = tmp_path / "local", tmp_path / "index"
     run("build-index", gallery, "--index", local, "--model", "tiny")
     old = write_gallery(tmp_path / "old", 2, 3, seed=99)
     run("build-index", old, "--index", target, "--model", "tiny")
-    # The last image: past the first ones, which the export is checked on in the driver.
-    with _HeldImage(gallery / "label05" / "0099.png") as held:
+    with _KillTheDecoder(held) as killer:
         report = build_index_on_ray(
-            gallery, target, workers=2, model="tiny", batch_size=4, force=True, progress=held
+            gallery, target, workers=2, model="tiny", batch_size=4, force=True, progress=killer
         )
-    assert held.errors == []
-    assert len(held.killed) == 1, "no embedding actor was reading the image to be killed"
+    assert killer.errors == []
+    assert len(killer.killed) == 1, "no embedding actor was decoding the photo to be killed"
     assert (report.added, report.skipped) == (600, [])
     assert items(target) == items(local)
     with IndexStore.open(target) as ray_store, IndexStore.open(local) as local_store:

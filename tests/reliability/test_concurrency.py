@@ -55,7 +55,15 @@ def _command_loop(root: Path, image: Path, stop: threading.Event, seen: dict[str
             assert done.returncode == 0, done.stderr
             answer = json.loads(done.stdout)
             if args[0] == "query":
-                assert set(answer) == {"query", "label", "confidence", "neighbors"}
+                assert set(answer) == {
+                    "query",
+                    "label",
+                    "confidence",
+                    "vote_share",
+                    "decision",
+                    "unknown_because",
+                    "neighbors",
+                }
                 assert len(answer["neighbors"]) == K
                 seen["queries"] += 1
             else:
