@@ -14,17 +14,25 @@ from index.errors import (
     IndexStoreError,
     NotAnIndexError,
     VectorError,
+    one_line,
 )
 from index.folder import MANIFEST, RECORDS, VECTORS
-from index.fsutil import aside_name, atomic_write_bytes, exchange, sha256_file
+from index.fsutil import (
+    NotRegularFileError,
+    aside_name,
+    atomic_write_bytes,
+    exchange,
+    not_regular,
+    open_regular,
+    sha256_file,
+)
 from index.lock import LOCK_FILE, writer_lock
 from index.manifest import FORMAT_VERSION, Manifest, read_manifest
-from index.plan import AUTO_COMPACT_ABOVE, AUTO_IVF_ABOVE, INDEX_TYPES, Layout
+from index.plan import AUTO_COMPACT_ABOVE, INDEX_TYPES, Layout
 from index.store import Builder, Hit, IndexStore, Item
 
 __all__ = [
     "AUTO_COMPACT_ABOVE",
-    "AUTO_IVF_ABOVE",
     "FORMAT_VERSION",
     "INDEX_TYPES",
     "LOCK_FILE",
@@ -43,6 +51,7 @@ __all__ = [
     "Layout",
     "Manifest",
     "NotAnIndexError",
+    "NotRegularFileError",
     "PartsRunner",
     "VectorError",
     "add_part",
@@ -52,6 +61,9 @@ __all__ = [
     "build_in_parts",
     "check_index",
     "exchange",
+    "not_regular",
+    "one_line",
+    "open_regular",
     "read_manifest",
     "repair_index",
     "sha256_file",

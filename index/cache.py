@@ -111,7 +111,13 @@ def head_sha256(f: Any, size: int, payload: tuple[int, int]) -> str:
 
 
 class Stale(Exception):
-    """The base cannot be used (the reason is the message); the store rebuilds it."""
+    """The base cannot be used (the reason is the message); the store rebuilds it. ``damaged``:
+    a base that was there is damaged or of other vectors (worth a warning once its rebuild
+    from the records has worked), not merely missing or being replaced."""
+
+    def __init__(self, reason: str, *, damaged: bool = True) -> None:
+        super().__init__(reason)
+        self.damaged = damaged
 
 
 @dataclass
@@ -138,7 +144,7 @@ class FaissCache:
             try:
                 f = self.vectors.open("rb")
             except FileNotFoundError as exc:
-                raise Stale(f"{self.vectors} is missing") from exc
+                raise Stale(f"{self.vectors} is missing", damaged=False) from exc
             with f:
                 if "token" not in meta:
                     index = self._read_old(f, meta)
@@ -152,13 +158,13 @@ class FaissCache:
             if backend.dim(index) != dim:
                 raise Stale(f"{self.vectors} holds {backend.dim(index)}-d vectors, not {dim}-d")
             return Base(index, int(meta["generation"]), str(token))
-        raise Stale(f"{self.vectors} is not the file {self.sidecar.name} describes")
+        raise Stale(f"{self.vectors} is not the file {self.sidecar.name} describes", damaged=False)
 
     def _meta(self) -> dict[str, Any]:
         try:
             return read_sidecar(self.sidecar)
         except FileNotFoundError as exc:
-            raise Stale(f"{self.sidecar} is missing") from exc
+            raise Stale(f"{self.sidecar} is missing", damaged=False) from exc
         except (OSError, ValueError, IndexFormatError) as exc:
             raise Stale(f"{self.sidecar} is unusable ({exc})") from exc
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
-from index.fsutil import is_temp_of
+from index.fsutil import TEMP_SUFFIX, is_temp_of
 
 MANIFEST = "manifest.json"
 RECORDS = "records.sqlite"
@@ -30,7 +30,13 @@ def is_own(entry: Path, extra: Collection[str] = ()) -> bool:
 
 
 def is_temp(name: str, extra: Collection[str] = ()) -> bool:
-    return any(is_temp_of(name, n) for n in (*ATOMIC_FILES, *extra))
+    """Whether ``name`` is a temp file of an atomic write into the folder: of the index's own
+    files, of the ``extra`` files created with it, or of a file its users keep beside it (the
+    ML side's derived state): every writer of them holds the writer lock, so one found by the
+    next writer was left by a killed one."""
+    return any(is_temp_of(name, n) for n in (*ATOMIC_FILES, *extra)) or (
+        name.startswith(".") and name.endswith(TEMP_SUFFIX) and name.count(".") >= 3
+    )
 
 
 def temp_files(root: str | os.PathLike[str]) -> list[Path]:

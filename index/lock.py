@@ -34,11 +34,6 @@ class WriterLock:
         self._fd: int | None = None
         self._depth = 0
 
-    @property
-    def depth(self) -> int:
-        """How many times the holding thread acquired it (0: not held by this process)."""
-        return self._depth
-
     def acquire(self, timeout: float | None = DEFAULT_TIMEOUT) -> bool:
         """Take the lock, waiting at most ``timeout`` seconds (None: forever, 0: not at all).
 

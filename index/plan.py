@@ -29,9 +29,6 @@ AUTO_COMPACT_ABOVE = 50_000
 takes ~5 ms of one core on the benchmark machine, growing with n, while compact answers a
 million in the same time from a tenth of the memory (docs/scaling.md has the measurements)."""
 
-AUTO_IVF_ABOVE = AUTO_COMPACT_ABOVE
-"""The former name of ``AUTO_COMPACT_ABOVE``: where "auto" leaves the flat index."""
-
 TRAIN_PER_LIST = 40
 LISTS_PER_ROOT = 4
 MIN_NPROBE = 8

@@ -457,6 +457,14 @@ class RecordDB:
             return self._delete(found)
 
     @_guarded
+    def find(self, column: str, value: str) -> list[Row]:
+        """The items whose ``column`` ("label" or "path") is ``value``, by id."""
+        if column not in ("label", "path"):
+            raise ValueError(f"items are found by label or path, not by {column!r}")
+        sql = f"SELECT {_ROW_COLUMNS} FROM items WHERE {column} = ? ORDER BY id"
+        return [Row(*r) for r in self._conn.execute(sql, (value,))]
+
+    @_guarded
     def delete_where(self, column: str, value: str) -> tuple[list[Row], int]:
         """Delete every item whose ``column`` ("label" or "path") is ``value``; returns them, by
         id, and the generation."""
@@ -594,26 +602,44 @@ class RecordDB:
         with self.reading():
             return self.generation, self.count()
 
-    def _iter_vectors(self, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Batches of (ids int64, vectors float32 (b, dim)) in id order; IndexFormatError for a
-        vector of the wrong length or holding NaN or infinity."""
-        cursor = self._conn.execute("SELECT id, CAST(vector AS BLOB) FROM items ORDER BY id")
-        while batch := cursor.fetchmany(_FETCH):
+    def _iter_vectors(
+        self, dim: int, ids: Sequence[int] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of (ids int64, vectors float32 (b, dim)) in id order (of every item, or of
+        those of ``ids`` that exist); IndexFormatError for a vector of the wrong length or
+        holding NaN or infinity."""
+        batches: Iterable[list[Any]]
+        if ids is None:
+            cursor = self._conn.execute("SELECT id, CAST(vector AS BLOB) FROM items ORDER BY id")
+            batches = iter(lambda: cursor.fetchmany(_FETCH), [])
+        else:
+            wanted = sorted({int(i) for i in ids})
+            batches = (
+                self._conn.execute(
+                    f"SELECT id, CAST(vector AS BLOB) FROM items WHERE id IN "
+                    f"({_marks(len(chunk))}) ORDER BY id",
+                    chunk,
+                ).fetchall()
+                for chunk in _chunks(wanted)
+            )
+        for batch in batches:
+            if not batch:
+                continue
             for i, blob in batch:
                 if len(blob) != 4 * dim:
                     raise IndexFormatError(
                         f"{self.path}: item {i} holds a vector of {len(blob)} bytes, "
                         f"but the index holds {dim}-d float32 vectors ({4 * dim} bytes)"
                     )
-            ids = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
+            keys = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
             flat = np.frombuffer(b"".join(blob for _, blob in batch), dtype="<f4")
             vectors = flat.reshape(len(batch), dim).astype(np.float32)
             finite = np.isfinite(vectors).all(axis=1)
             if not finite.all():
                 raise IndexFormatError(
-                    f"{self.path}: item {ids[~finite][0]} holds a vector with NaN or infinity"
+                    f"{self.path}: item {keys[~finite][0]} holds a vector with NaN or infinity"
                 )
-            yield ids, vectors
+            yield keys, vectors
 
     @_guarded
     def audit(self, dim: int, norm_tolerance: float) -> Audit:
@@ -661,9 +687,12 @@ class RecordDB:
             )
 
     @_guarded
-    def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 (n,), vectors float32 (n, dim)) of every item, in id order."""
-        batches = list(self._iter_vectors(dim))
+    def all_vectors(
+        self, dim: int, ids: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), vectors float32 (n, dim)) of every item (or of those of ``ids``
+        that exist), in id order."""
+        batches = list(self._iter_vectors(dim, ids))
         if not batches:
             return np.empty(0, np.int64), np.empty((0, dim), np.float32)
         return (

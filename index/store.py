@@ -101,6 +101,9 @@ def _strings(values: Sequence[str], what: str, n: int) -> list[str]:
     return [str(v) for v in out]
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _as_ids(ids: Iterable[int]) -> np.ndarray:
     arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
     if arr.size == 0:
@@ -148,6 +151,7 @@ class IndexStore:
         self._builder: Builder | None = None
         self._index: LiveIndex | None = None
         self._cache = FaissCache(root)
+        self._rejected: str | None = None  # why the base read last could not be used (damaged)
         self._generation = -1
         if new:
             self._rebuild_memory()
@@ -355,6 +359,7 @@ class IndexStore:
         after it when they can be used, else rebuilt from SQLite (and, with ``persist``, the
         base rewritten if this process may). Returns whether it was rebuilt."""
         db = self._records()
+        self._rejected = None
         with db.reading():
             generation = db.generation
             live = self._from_base(generation)
@@ -363,6 +368,8 @@ class IndexStore:
             return False
         n = self._rebuild_memory()
         log.info("rebuilt %s from %d records", self._root / VECTORS, n)
+        if self._rejected is not None:
+            log.warning("%s; rebuilt it from the records", self._rejected)
         if persist:
             self._persist_cache()
         return True
@@ -377,7 +384,10 @@ class IndexStore:
         try:
             base = self._cache.read(self.dim)
         except Stale as exc:
-            log.info("%s; rebuilding it from the records", exc)
+            if exc.damaged:  # warned about once the rebuild has worked: the records may be at fault
+                self._rejected = str(exc)
+            else:
+                log.info("%s; rebuilding it from the records", exc)
             return None
         db = self._records()
         if base.generation > generation:
@@ -818,9 +828,36 @@ class IndexStore:
         db = self._records()
         if ids is None:
             return [_item(row) for row in db.rows()]
+        if not isinstance(ids, np.ndarray):  # an int beyond int64 is no id: skipped, as unknown
+            ids = [i for i in ids if not (isinstance(i, int) and not _INT64_MIN <= i <= _INT64_MAX)]
         return [_item(row) for row in db.rows(_as_ids(ids).tolist())]
 
     @_serialised
-    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 (n,), vectors float32 (n, dim)) of every item, from the records."""
-        return self._records().all_vectors(self.dim)
+    def vectors(self, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), vectors float32 (n, dim)) of every item, or of the items with
+        ``ids`` that exist, in id order, from the records."""
+        wanted = None if ids is None else _as_ids(ids).tolist()
+        return self._records().all_vectors(self.dim, wanted)
+
+    @_serialised
+    def labelled_vectors(self) -> tuple[list[Item], np.ndarray]:
+        """Every item and its vector (rows in the same order, by id), read in one snapshot."""
+        db = self._records()
+        with db.reading():
+            items = [_item(row) for row in db.rows()]
+            _, vectors = db.all_vectors(self.dim)
+        return items, vectors
+
+    @_serialised
+    def find(self, *, label: str | None = None, path: str | None = None) -> list[Item]:
+        """The items of ``label``, or recorded with exactly ``path``, by id."""
+        if (label is None) == (path is None):
+            raise ValueError("give exactly one of label or path")
+        column, value = ("label", label) if label is not None else ("path", path)
+        return [_item(row) for row in self._records().find(column, str(value))]
+
+    @property
+    @_serialised
+    def generation(self) -> int:
+        """How many writes the records have committed (moves whenever the items change)."""
+        return self._records().generation

@@ -12,6 +12,8 @@ scripts are its users. (``evaluate`` is training/evaluation.py's, re-exported.)
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import threading
 import time
@@ -27,14 +29,15 @@ from PIL import Image
 from index import MANIFEST, CheckReport, IndexStore, Item
 from retrieval.datasets import DatasetOptions
 from retrieval.datasets.folders import Record, collect_images, validate_label
-from retrieval.engine.classify import VOTES, Neighbor
+from retrieval.engine.classify import RULES, Neighbor, Prediction, nearest_prototype, share
 from retrieval.engine.classify import vote as knn_vote
 from retrieval.engine.embed import Embedder
 from retrieval.engine.images import ImageInput, decode_input
 from retrieval.engine.network import ModelEntry
-from retrieval.errors import InputError
-from retrieval.indexing import uploads
+from retrieval.errors import InputError, NotFoundError
+from retrieval.indexing import calibration, uploads
 from retrieval.indexing.build import BuildReport
+from retrieval.indexing.calibration import OpenSet
 from retrieval.indexing.health import check as check_folder
 from retrieval.indexing.ingest import Embedded, dedupe, embed_into, hash_records
 from retrieval.indexing.network import embedder_for, model_for
@@ -67,6 +70,7 @@ class _Opened:
     entry: ModelEntry
     searcher: ShardSearch
     embedder: Embedder | None = None
+    openset: OpenSet | None = None
 
     def close(self) -> None:
         self.searcher.__exit__(None, None, None)
@@ -192,16 +196,23 @@ class Retriever:
         images: ImageInput | Sequence[ImageInput],
         *,
         k: int = 5,
-        min_score: float = 0.0,
-        vote: str = "weighted",
+        min_score: float | None = None,
+        vote: str = "prototype",
         progress: ProgressFactory = no_progress,
     ) -> list[Answer]:
         """One answer per image (a path, the bytes of an image file, a PIL image or a uint8
-        array; one, or a sequence of them), in order, each by a k-NN vote over its ``k``
-        nearest gallery items: ``weighted`` by their cosine scores or by ``majority``; "unknown"
-        (label None) when the best score is under ``min_score``. A gallery item with the same
-        file content as the query is left out of its neighbours (a photo does not vote for
-        itself). Every path is checked before the first image is answered."""
+        array; one, or a sequence of them), in order, each from its ``k`` nearest gallery
+        items: by default (``vote="prototype"``) the label among theirs whose mean (prototype)
+        is nearest the image; or their vote, ``weighted`` by their cosine scores or by
+        ``majority``.
+
+        "Unknown" (label None) when the image is not like any label of the gallery: its
+        decision score (engine/openset.py) is under the threshold the index calibrated from its
+        own gallery; with ``min_score``, instead, when the best cosine score is under it (0:
+        never, the closed-set answer). ``confidence`` is the estimated probability that the
+        label is right (for an unknown answer: that the best label would be wrong). A gallery
+        item with the same file content as the query is left out of its neighbours (a photo
+        does not vote for itself). Every path is checked before the first image is answered."""
         batch: list[ImageInput] = [images] if _is_one(images) else list(images)  # type: ignore[list-item, arg-type]
         for i, image in enumerate(batch):
             if isinstance(image, _PATH_TYPES) and not Path(image).is_file():
@@ -218,11 +229,11 @@ class Retriever:
         images: Iterable[ImageInput],
         *,
         k: int = 5,
-        min_score: float = 0.0,
-        vote: str = "weighted",
+        min_score: float | None = None,
+        vote: str = "prototype",
     ) -> Iterator[Answer]:
         """``query`` of images one at a time as they come (e.g. paths read from a pipe)."""
-        _check_vote(k, vote)
+        _check_vote(k, vote, min_score)
         for i, image in enumerate(images):
             yield self.answer(image, name=_name(image, i), k=k, min_score=min_score, vote=vote)
 
@@ -232,12 +243,12 @@ class Retriever:
         *,
         name: str | None = None,
         k: int = 5,
-        min_score: float = 0.0,
-        vote: str = "weighted",
+        min_score: float | None = None,
+        vote: str = "prototype",
     ) -> Answer:
         """The answer for one image (see ``query``); ``name`` is what the answer and an error
         call it (default: its path)."""
-        _check_vote(k, vote)
+        _check_vote(k, vote, min_score)
         start = time.perf_counter()
         name = _name(image, 0) if name is None else name
         opened = self._current()
@@ -247,8 +258,60 @@ class Retriever:
         hits = opened.searcher.neighbors(vector, sha, k)
         ids = len(opened.dirs) == 1  # shards number their items apart
         neighbors = [Neighbor(h.path, h.label, h.score, h.id if ids else None) for h in hits]
-        p = knn_vote(neighbors, k=k, method=vote, min_score=min_score)
-        return Answer(name, p.label, p.confidence, p.neighbors, time.perf_counter() - start)
+        state = self._openset(opened)
+        p = knn_vote(
+            neighbors, k=k, method="weighted" if vote == "prototype" else vote, min_score=-math.inf
+        )
+        if vote == "prototype":
+            chosen = nearest_prototype(vector[0], neighbors, state.scorer.prototype, k) or p.label
+            p = Prediction(chosen, share(neighbors, chosen, k), p.neighbors)
+        score = float(state.scorer.score(vector)[0])
+        right = state.calibration.confidence(score) if p.neighbors else 0.0
+        threshold = state.calibration.threshold
+        why = None
+        if not p.neighbors:
+            why = "the index is empty"
+        elif min_score is not None:
+            if p.neighbors[0].score < min_score:
+                why = f"best score {p.neighbors[0].score:.3f} < --min-score {min_score:g}"
+        elif threshold is not None and score < threshold:
+            why = f"like no label of the index: decision score {score:.3f} < {threshold:.3f}"
+        label = None if why else p.label
+        return Answer(
+            name,
+            label,
+            right if label is not None else (1.0 - right if p.neighbors else 0.0),
+            p.neighbors,
+            time.perf_counter() - start,
+            vote_share=p.confidence,
+            decision=score,
+            unknown_because=why,
+        )
+
+    def _openset(self, opened: _Opened) -> OpenSet:
+        """The index's open-set state at the stores' generations, loaded (or made) when they
+        moved."""
+        state = opened.openset
+        generations = tuple(s.generation for s in opened.stores)
+        if state is None or state.generations != generations:
+            with self._lock:
+                state = opened.openset
+                if state is None or state.generations != generations:
+                    state = opened.openset = calibration.load(self.path, opened.stores)
+        return state
+
+    def calibrate(
+        self, *, known_accept: float | None = None, absent_share: float | None = None
+    ) -> Info:
+        """Calibrate the index anew from its gallery: for ``known_accept`` (the share of
+        queries of a label the gallery holds that must not be answered unknown; kept with the
+        index) and ``absent_share`` (the share of queries of species it lacks, that the
+        confidence assumes). Returns what ``info`` then shows."""
+        opened = self._writable()
+        opened.openset = calibration.recalibrate(
+            self.path, opened.stores, known_accept=known_accept, absent_share=absent_share
+        )
+        return self.info()
 
     def attention(self, images: Sequence[ImageInput]) -> list[AttentionMap] | None:
         """The spatial attention of the index's network over each image (the part of it the
@@ -296,19 +359,21 @@ class Retriever:
         ]
         scan = collect_images(list(files)) if files else None
         self._writable()
-        stored = [
-            uploads.store(self.path, f"image-{i + 1}.png", _png(image, _name(image, i)))
-            for i, image in in_memory
-        ]
         paths = [r.path for r in scan.records] if scan else []
         skipped = list(scan.skipped) if scan else []
         report = None
-        try:
-            report = self.enroll_files(
-                label, [*paths, *(s.path for s in stored)], skipped, progress=progress
-            )
-        finally:
-            uploads.discard(stored, report.added if report else ())
+        # While its copies are out, check --repair leaves them alone (uploads.pending).
+        with uploads.pending(self.path) if in_memory else contextlib.nullcontext():
+            stored = [
+                uploads.store(self.path, f"image-{i + 1}.png", _png(image, _name(image, i)))
+                for i, image in in_memory
+            ]
+            try:
+                report = self.enroll_files(
+                    label, [*paths, *(s.path for s in stored)], skipped, progress=progress
+                )
+            finally:
+                uploads.discard(stored, report.added if report else ())
         return report
 
     def enroll_files(
@@ -326,14 +391,20 @@ class Retriever:
         embedder = self._embedder(opened)
         target = smallest(opened.stores) if len(opened.stores) > 1 else opened.stores[0]
         others = [s for s in opened.stores if s is not target]
-        records = [Record(Path(p), label) for p in paths]
-        shas = hash_records(records)
+        records, shas, unreadable = hash_records([Record(Path(p), label) for p in paths])
+        skipped = [*skipped, *unreadable]
         with target.writing():  # a writer, even with nothing to add: leftovers of killed ones go
             known = find_content(others, shas)
             known.update(target.find_sha256(shas))
         keep, dupes = dedupe(records, shas, known)
         embedded = Embedded()
+        if not records and skipped:
+            raise InputError(f"none of the images for {label!r} could be read; nothing enrolled")
         if keep:
+
+            def committed(before: int, vectors: np.ndarray, labels: list[str]) -> None:
+                calibration.follow(self.path, opened.stores, target, before, vectors, labels, 1)
+
             embedded = embed_into(
                 target,
                 embedder,
@@ -341,7 +412,11 @@ class Retriever:
                 [shas[i] for i in keep],
                 progress,
                 "enrolling",
+                committed,
             )
+            if embedded.added:
+                with target.writing():
+                    calibration.refresh(self.path, opened.stores)
             if not embedded.added and not embedded.duplicates:
                 raise InputError(
                     f"none of the images for {label!r} could be read; nothing enrolled"
@@ -365,16 +440,30 @@ class Retriever:
         if (label is None) == (path is None):
             raise InputError("give exactly one of --label or --path")
         gone: list[Item] = []
-        for store in self._writable().stores:
+        opened = self._writable()
+        for store in opened.stores:
             with store.writing():
                 if label is not None:
-                    gone += store.remove_label(label)
+                    found = store.find(label=label)
                 else:
-                    resolved = str(Path(path).resolve())  # type: ignore[arg-type]
-                    gone += store.remove_path(resolved) or store.remove_path(str(path))
+                    resolved = _resolved(path)  # type: ignore[arg-type]
+                    found = store.find(path=resolved) or store.find(path=str(path))
+                if not found:
+                    continue
+                _, vectors = store.vectors([i.id for i in found])
+                before = store.generation
+                if label is not None:
+                    removed = store.remove_label(label)
+                else:
+                    removed = store.remove_path(found[0].path)
+                labels = [i.label for i in removed]
+                calibration.follow(self.path, opened.stores, store, before, vectors, labels, -1)
+                gone += removed
         if not gone:
             what = f"items with label {label!r}" if label is not None else f"item with path {path}"
-            raise InputError(f"no {what} in {self.path}")
+            raise NotFoundError(f"no {what} in {self.path}")
+        with opened.stores[0].writing():
+            calibration.refresh(self.path, opened.stores)
         uploads.delete_copies(self.path, gone)
         return gone
 
@@ -398,6 +487,8 @@ class Retriever:
             index_type=m.index_type,
             layout=first.layout.to_json(),
             shards=len(opened.stores),
+            open_set=calibration.describe(self._openset(opened)),
+            flip=bool(opened.entry.spec and opened.entry.spec.get("flip")),
         )
 
     def labels(self) -> dict[str, int]:
@@ -413,11 +504,21 @@ class Retriever:
         return sum(len(s) for s in self._current().stores)
 
 
-def _check_vote(k: int, method: str) -> None:
+def _resolved(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute, symbolic links resolved; as given when it cannot be (a NUL)."""
+    try:
+        return str(Path(path).resolve())
+    except (OSError, ValueError):
+        return str(path)
+
+
+def _check_vote(k: int, method: str, min_score: float | None = None) -> None:
+    if min_score is not None and not math.isfinite(min_score):  # NaN compares false
+        raise InputError(f"--min-score must be a finite number, not {min_score}")
     if k < 1:
         raise InputError(f"-k must be at least 1, not {k}")
-    if method not in VOTES:
-        raise InputError(f"--vote must be one of {', '.join(VOTES)}, not {method!r}")
+    if method not in RULES:
+        raise InputError(f"--vote must be one of {', '.join(RULES)}, not {method!r}")
 
 
 def _png(image: ImageInput, name: str) -> bytes:
@@ -448,6 +549,8 @@ def build(
     shards: int = 1,
     ray: str | None = None,
     workers: int | None = None,
+    known_accept: float | None = None,
+    absent_share: float | None = None,
     progress: ProgressFactory = no_progress,
 ) -> BuildReport:
     """Embed every image of ``gallery`` (a folder per label, or a benchmark in its official
@@ -455,7 +558,9 @@ def build(
     swapped into place when complete (an existing one is replaced only with ``force``; an
     interrupted build is resumed by the same call). ``index_type`` "auto", "flat" or "ivf";
     ``shards`` > 1 makes a sharded index. With ``ray`` ("" or "host:port"), the images are
-    embedded on Ray by ``workers`` actors (default: one per CPU)."""
+    embedded on Ray by ``workers`` actors (default: one per CPU). The index calibrates its
+    "unknown" answer from the gallery for ``known_accept`` (default 0.95) and the confidence
+    for ``absent_share`` (default 0.2); see ``Retriever.calibrate``."""
     from retrieval.indexing.build import build_index
 
     options: dict[str, Any] = {
@@ -466,6 +571,8 @@ def build(
         "dataset": dataset,
         "index_type": index_type,
         "shards": shards,
+        "known_accept": known_accept,
+        "absent_share": absent_share,
         "progress": progress,
     }
     if ray is not None:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import importlib
 
+from index import one_line
+
 
 class RetrieveError(Exception):
-    """Base of every error a user can cause and fix."""
+    """Base of every error a user can cause and fix; its message is one line (control
+    characters, as a newline in a file name, escaped)."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class ModelError(RetrieveError):
@@ -27,6 +33,10 @@ class ImageError(RetrieveError):
 
 class InputError(RetrieveError):
     """A bad argument: a missing query path, an invalid label."""
+
+
+class NotFoundError(InputError):
+    """Nothing of that name: an unknown label, path or item (HTTP 404 in ``retrieve serve``)."""
 
 
 def require_extra(module: str, *, extra: str, flag: str, what: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,27 @@ from retrieval.engine.classify import Neighbor
 
 @dataclass(frozen=True)
 class Answer:
-    """What a query image is: ``label`` (None: unknown), ``confidence``, and the ``neighbors``
-    that voted, best first; ``query`` names the image; ``seconds`` is its own time (decode,
-    embed, search, vote)."""
+    """What a query image is: ``label`` (None: unknown, and ``unknown_because`` says why),
+    ``confidence`` (the estimated probability that the label is right; for an unknown answer,
+    that the best label would be wrong), the ``neighbors`` that voted, best first, and the
+    winning label's share of their vote (``vote_share``); ``decision`` is the open-set score
+    the index compared with its threshold (higher: more like its labels). ``query`` names the
+    image; ``seconds`` is its own time (decode, embed, search, vote)."""
 
     query: str
     label: str | None
     confidence: float
     neighbors: tuple[Neighbor, ...]
     seconds: float = 0.0
+    vote_share: float = 0.0
+    decision: float = 0.0
+    unknown_because: str | None = None
+
+    @property
+    def suggestions(self) -> list[str]:
+        """The labels of the neighbours, nearest first, each once (for an unknown answer: what
+        it is most like)."""
+        return list(dict.fromkeys(n.label for n in self.neighbors))
 
     def to_json(self) -> dict[str, Any]:
         """The object ``retrieve query --json`` prints."""
@@ -30,6 +43,9 @@ class Answer:
             "query": self.query,
             "label": self.label,
             "confidence": round(self.confidence, 6),
+            "vote_share": round(self.vote_share, 6),
+            "decision": round(self.decision, 6) if math.isfinite(self.decision) else None,
+            "unknown_because": self.unknown_because,
             "neighbors": [
                 {"path": n.path, "label": n.label, "score": round(n.score, 6), "id": n.id}
                 for n in self.neighbors
@@ -64,6 +80,8 @@ class Info:
     index_type: str
     layout: dict[str, Any]
     shards: int = 1
+    open_set: dict[str, Any] | None = None
+    flip: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -74,6 +92,8 @@ class Info:
             "format_version": self.format_version,
             "index_type": self.index_type,
             "faiss": self.layout,
+            "open_set": self.open_set,
+            "flip": self.flip,
         }
         if self.shards > 1:
             out["shards"] = self.shards

@@ -547,6 +547,31 @@ def _show(result: dict, indent: str = "  ") -> None:
         print(f"{indent}{key:<28} {shown}")
 
 
+def run_facts(script: str, load_before: float) -> dict[str, object]:
+    """What a benchmark's table says it ran on: the machine (CPU, cores, the 1-minute load
+    average before and now) and the exact command, as run from the repository root."""
+    root = Path(__file__).resolve().parents[1]
+    command = "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(script, root), *sys.argv[1:]]
+    )
+    return {
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        },
+        "command": command,
+    }
+
+
+def print_facts(report: dict) -> None:
+    """The first lines of a benchmark's table: the machine and the command (see run_facts)."""
+    machine = report["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores; command: {report['command']}")
+    before, after = machine["load_average_1min"]
+    print(f"load average (1 min) before {before:.2f}, after {after:.2f} (other work included)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -574,11 +599,8 @@ def main() -> None:
     ap.add_argument("--index-type", choices=INDEX_TYPES, default="auto")
     ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = ap.parse_args()
-    cmd = "python " + " ".join(
-        shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]
-    )
-    machine = f"{cpu_model()}, {os.cpu_count()} cores"
-    result: dict = {"machine": machine, "command": cmd}
+    load_before = os.getloadavg()[0]
+    result: dict = {}
     if args.n or args.crossover:
         result["million"] = measure_million(args)
     if args.synthetic_n:
@@ -589,10 +611,11 @@ def main() -> None:
             queries=args.queries,
             index_type=args.index_type,
         )
+    result = {**run_facts(__file__, load_before), **result}
     if args.json:
         print(json.dumps(result))
         return
-    print(f"machine: {machine}; command: {cmd}")
+    print_facts(result)
     for key in ("million", "ann"):
         if key in result:
             print(f"{key}:")

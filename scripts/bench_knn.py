@@ -50,7 +50,8 @@ def knn_accuracy(train: Path, test: Path, model: str, k: int, work: Path) -> dic
     )
     truth = {str(r.path): r.label for r in scan_gallery(test).records}
     out, query_s = run(
-        ["query", "-", "--index", str(index), "-k", str(k), "--json"], "\n".join(truth)
+        ["query", "-", "--index", str(index), "-k", str(k), "--json", "--min-score", "0"],
+        "\n".join(truth),
     )
     answers = [json.loads(line) for line in out.splitlines()]
     if len(answers) != len(truth):

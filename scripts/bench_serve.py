@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import shlex
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 from index import IndexStore
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_ann import cpu_model  # noqa: E402
+from bench_ann import print_facts, run_facts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GALLERY = ROOT.parent / "shared" / "data" / "cub50-dev"
@@ -161,16 +160,8 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
 
-    command = "python " + " ".join(
-        shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]
-    )
     report = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        },
-        "command": command,
+        **run_facts(__file__, load_before),
         "index": {"path": str(args.index), "items": count, "model": model},
         "photos": len(photos),
         **result,
@@ -178,10 +169,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    machine = report["machine"]
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores; command: {command}")
-    before, after = machine["load_average_1min"]
-    print(f"load average (1 min) before {before:.2f}, after {after:.2f} (other work included)")
+    print_facts(report)
     print(f"index: {count} items, model {model}; {len(photos)} distinct photos posted")
     print("| clients | seconds | requests | requests/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|---|")

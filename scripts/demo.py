@@ -110,26 +110,28 @@ def main() -> None:
     )
     retrieve("build-index", gallery, "--index", index)
 
-    def ask(paths: list[Path], truth: list[str]) -> int:
+    def ask(paths: list[Path], truth: list[str]) -> tuple[int, int]:
+        """(answered right, answered unknown)."""
         out = retrieve("query", *paths, "--index", index, "-k", "5", "--json", capture=True)
         answers = [json.loads(line) for line in out.splitlines()]
         for a, t in list(zip(answers, truth, strict=True))[:SHOW]:
-            mark = "right" if a["label"] == t else f"wrong, it is {t}"
-            print(
-                f"  {Path(a['query']).name}: {a['label']} (confidence {a['confidence']:.2f}) - {mark}"
-            )
-        return sum(a["label"] == t for a, t in zip(answers, truth, strict=True))
+            mark = "right" if a["label"] == t else f"it is {t}"
+            said = a["label"] or "unknown"
+            print(f"  {Path(a['query']).name}: {said} (confidence {a['confidence']:.2f}) - {mark}")
+        right = sum(a["label"] == t for a, t in zip(answers, truth, strict=True))
+        return right, sum(a["label"] is None for a in answers)
 
-    right = ask([p for p, _ in held], [t for _, t in held])
+    right, _ = ask([p for p, _ in held], [t for _, t in held])
     if len(held) > SHOW:
         print(f"  ... ({len(held) - SHOW} more answers not shown)")
     print(f"\nheld-out queries answered correctly: {right}/{len(held)}")
-    before = ask(new_queries, [new_label] * len(new_queries))
+    before, unknown = ask(new_queries, [new_label] * len(new_queries))
     print(
-        f"{new_label!r} before enrolment: {before}/{len(new_queries)} recognised (it is not in the index)"
+        f"{new_label!r} before enrolment: {before}/{len(new_queries)} recognised, "
+        f"{unknown}/{len(new_queries)} answered unknown (it is not in the index)"
     )
     retrieve("enroll", new_label, args.work / "new" / new_label, "--index", index)
-    after = ask(new_queries, [new_label] * len(new_queries))
+    after, _ = ask(new_queries, [new_label] * len(new_queries))
     print(
         f"{new_label!r} after enrolling {len(enrol)} examples: {after}/{len(new_queries)} recognised"
     )

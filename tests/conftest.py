@@ -1,61 +1,13 @@
-"""Shared fixtures: tiny synthetic galleries and paths to the optional real data."""
+"""The fixture every test package may use: a tiny synthetic gallery (helpers.py holds the
+shared helpers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from click.testing import CliRunner, Result
-from PIL import Image
 
-from retrieval.faces.cli import main
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def run(*args: object, ok: bool = True) -> Result:
-    """``retrieve ARGS`` through click's CliRunner (stderr in the output); with ``ok``, it must
-    exit 0."""
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-def need_shared(sub: str) -> Path:
-    """The real data folder ``sub``, or skip the test saying why."""
-    path = SHARED_DATA / sub
-    if not path.is_dir():
-        pytest.skip(
-            f"real data {path} is absent (only the developers' machines have ../shared/data)"
-        )
-    return path
-
-
-def write_image(path: Path, color: tuple[int, int, int], seed: int, size: int = 48) -> Path:
-    """A noisy image around ``color``: same colour = same class, the noise makes each unique."""
-    rng = np.random.default_rng(seed)
-    arr = np.clip(np.array(color, np.float32) + rng.normal(0, 12, (size, size, 3)), 0, 255)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr.astype(np.uint8)).save(path)
-    return path
-
-
-# The keys of `retrieve evaluate --json` (a contract: scripts read them).
-EVALUATE_JSON_KEYS = {
-    "recall_at_1",
-    "recall_at_2",
-    "recall_at_4",
-    "recall_at_8",
-    "map_at_r",
-    "enrollment",
-    "n_images",
-    "n_classes",
-    "model",
-}
-
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+from .helpers import COLORS, build_tiny_index, copy_index, write_image
 
 
 @pytest.fixture
@@ -67,3 +19,28 @@ def gallery(tmp_path: Path) -> Path:
             sub = root / label / ("nested" if j == 3 else "")
             write_image(sub / f"{j}.png", color, seed=ci * 10 + j)
     return root
+
+
+@pytest.fixture
+def tiny_index(tmp_path: Path) -> Path:
+    """An index of the tiny network over 4 noisy images of each of COLORS, built through the
+    public API (tmp_path/g the gallery, tmp_path/idx the index)."""
+    import retrieval
+
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(4):
+            write_image(tmp_path / "g" / label / f"{j}.png", color, seed=10 * ci + j)
+    retrieval.build(tmp_path / "g", tmp_path / "idx", model="tiny")
+    return tmp_path / "idx"
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny index for the session (build_tiny_index): never changed; ``index`` copies it."""
+    return build_tiny_index(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture
+def index(built: Path, tmp_path: Path) -> Path:
+    """A copy of the built index that the test may change."""
+    return copy_index(built, tmp_path / "index")

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 import retrieval
+from retrieval.datasets.synthetic import make_gallery
 from retrieval.errors import InputError
 
-from .conftest import COLORS, write_image
+from .helpers import COLORS, write_image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -28,29 +29,25 @@ def readme_example() -> str:
 
 
 def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
-    for ci, (label, color) in enumerate(COLORS.items()):
-        for j in range(4):
-            write_image(tmp_path / "photos" / label / f"{j}.png", color, seed=10 * ci + j)
-    write_image(tmp_path / "new_photo.jpg", COLORS["green"], seed=90)
-    write_image(tmp_path / "other.jpg", COLORS["blue"], seed=91)
-    write_image(tmp_path / "owl1.jpg", (240, 240, 240), seed=92)
-    write_image(tmp_path / "owl2.jpg", (235, 235, 235), seed=93)
+    birds = make_gallery(tmp_path / "photos", n_classes=4, per_class=11)
+    names = list(birds)
+    birds[names[0]][-1].rename(tmp_path / "new_photo.jpg")  # held out of the gallery
+    birds[names[1]][-1].rename(tmp_path / "other.jpg")
+    owls = make_gallery(tmp_path / "owls", n_classes=1, per_class=2, start=4)
+    for path, name in zip(next(iter(owls.values())), ("owl1.jpg", "owl2.jpg"), strict=True):
+        path.rename(tmp_path / name)
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_example(), "README.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("green ") and "/photos/green/" in lines[0]
-    assert lines[1] == "other.jpg blue"
+    assert lines[0].startswith(f"{names[0]} ") and f"/photos/{names[0]}/" in lines[0]
+    assert lines[1] == f"other.jpg {names[1]}"
     assert lines[2:] == ["2", "True"]
     assert not list((tmp_path / "my-index" / "uploads").rglob("*.png"))  # its copy went too
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> Path:
-    for ci, (label, color) in enumerate(COLORS.items()):
-        for j in range(4):
-            write_image(tmp_path / "g" / label / f"{j}.png", color, seed=10 * ci + j)
-    retrieval.build(tmp_path / "g", tmp_path / "idx", model="tiny")
-    return tmp_path / "idx"
+def index(tiny_index: Path) -> Path:
+    return tiny_index
 
 
 def test_in_memory_images_answer_as_their_files(index: Path, tmp_path: Path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .conftest import COLORS, EVALUATE_JSON_KEYS, run, write_image
+from .helpers import COLORS, EVALUATE_JSON_KEYS, run, write_image
 
 
 def test_train_then_index_with_the_model(gallery: Path, tmp_path: Path):

@@ -8,7 +8,7 @@ import pytest
 from retrieval.datasets.folders import collect_images, scan_gallery, validate_label
 from retrieval.errors import GalleryError, InputError
 
-from .conftest import write_image
+from .helpers import write_image
 
 
 def test_scan_labels_and_nested_images(gallery: Path):

@@ -27,7 +27,20 @@ def test_demo_builds_queries_and_enrols(tmp_path: Path):
         int, re.search(r"held-out queries answered correctly: (\d+)/(\d+)", out).groups()
     )
     assert total == 14 and right >= 10
-    before = int(re.search(r"before enrolment: (\d+)/", out).group(1))
+    before, unknown = map(
+        int,
+        re.search(
+            r"before enrolment: (\d+)/\d+ recognised, (\d+)/\d+ answered unknown", out
+        ).groups(),
+    )
     after = int(re.search(r"after enrolling 5 examples: (\d+)/", out).group(1))
-    assert before == 0 and after > before
-    assert "items     89 in 8 labels" in out
+    assert before == 0 and unknown >= 1 and after > before
+    # `retrieve info` at the end: 89 items in 8 labels, the enrolled one among them with its 5.
+    new_label = re.search(r"'([^']+)' after enrolling 5 examples", out).group(1)
+    lines = out.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if line.startswith("items ")]
+    assert lines[at].split()[1:] == ["89", "in", "8", "labels"]
+    assert lines[at + 1].startswith("unknown   below decision score ")
+    rows = [line.rsplit(maxsplit=1) for line in lines[at + 2 :]]
+    table = {label.strip(): int(n) for label, n in rows}
+    assert len(table) == 8 and sum(table.values()) == 89 and table[new_label] == 5

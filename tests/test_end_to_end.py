@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from .conftest import COLORS, write_image
-
-
-def retrieve_exe() -> str:
-    exe = Path(sys.executable).parent / "retrieve"
-    found = str(exe) if exe.exists() else shutil.which("retrieve")
-    if found is None:
-        pytest.skip("the retrieve command is not installed in this environment (pip install -e .)")
-    return found
+from .helpers import COLORS, retrieve_exe, write_image
 
 
 def test_installed_command_round_trip(gallery: Path, tmp_path: Path):

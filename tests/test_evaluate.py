@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 
 from retrieval.training.metrics import (
+    auroc,
     enrollment_accuracy,
+    expected_calibration_error,
     knn_accuracy,
     map_at_r,
     neighbors_leave_one_out,
+    open_set_run,
+    open_set_split,
     recall_at_k,
     retrieval_metrics,
 )
@@ -85,3 +89,31 @@ def test_enrollment_is_seeded_and_skips_tiny_classes():
     labels = [str(i % 3) for i in range(30)]
     assert enrollment_accuracy(x, labels, 5, seed=3) == enrollment_accuracy(x, labels, 5, seed=3)
     assert enrollment_accuracy(x, labels, 10) is None
+
+
+def test_open_set_metrics_on_separated_classes():
+    """Tight, far-apart classes: absent queries score below every known one, the threshold
+    keeps about known_accept of the known ones, and the confidence is near right."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 32))
+    labels = [f"c{c}" for c in range(8) for _ in range(20)]
+    x = np.repeat(centres, 20, axis=0) + 0.05 * rng.normal(size=(160, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    paths = [f"/{lab}/{i:03d}.jpg" for i, lab in enumerate(labels)]
+    gallery, known, absent = open_set_split(labels, paths, seed=None)
+    assert len(gallery) == 4 * 12 and len(known) == 4 * 8 and len(absent) == 4 * 12
+    assert {labels[i] for i in gallery} == {"c0", "c1", "c2", "c3"}
+    run = open_set_run(x.astype(np.float32), labels, gallery, known, absent)
+    m = run.metrics()
+    assert m["auroc"] == 1.0 and m["absent_rejected"] == 1.0
+    assert 0.85 <= m["known_right"] <= 1.0 and m["closed_set_right"] == 1.0
+    assert m["ece"] < 0.15
+
+
+def test_auroc_and_ece_by_hand():
+    assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auroc(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == 0.5
+    assert auroc(np.array([1.0]), np.array([])) != auroc(np.array([1.0]), np.array([]))  # NaN
+    conf = np.array([0.95, 0.95, 0.55, 0.55])
+    right = np.array([1, 1, 1, 0], bool)
+    assert np.isclose(expected_calibration_error(conf, right), 0.5 * 0.05 + 0.5 * 0.05)

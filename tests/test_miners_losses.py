@@ -22,8 +22,6 @@ from retrieval.training.miners import (
     Miner,
     MultiSimilarityMiner,
     SemiHardMiner,
-    check_pairs,
-    check_triplets,
     make_miner,
 )
 
@@ -119,6 +117,37 @@ MINERS: list[Miner] = [
     HardPairMiner(pos_margin=0.8, neg_margin=0.0),
     MultiSimilarityMiner(epsilon=0.1),
 ]
+
+
+def _check(ok: torch.Tensor, what: str, where: torch.Tensor) -> None:
+    if not bool(ok.all()):
+        bad = int(torch.where(~ok)[0][0])
+        raise AssertionError(f"{what} (first offending entry {bad}: index {int(where[bad])})")
+
+
+def _check_lengths(*tensors: torch.Tensor) -> None:
+    lengths = {tuple(t.shape) for t in tensors}
+    if len(lengths) != 1 or any(t.dim() != 1 for t in tensors):
+        raise AssertionError(f"index tensors must be 1-D of one length, got shapes {lengths}")
+
+
+def check_triplets(labels: torch.Tensor, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> None:
+    """Raise ``AssertionError`` unless each (a, p, n) has a != p, label a = p and label a != n."""
+    _check_lengths(a, p, n)
+    _check(a != p, "anchor equals its positive", a)
+    _check(labels[a] == labels[p], "positive has another label than its anchor", p)
+    _check(labels[a] != labels[n], "negative has the anchor's label", n)
+
+
+def check_pairs(
+    labels: torch.Tensor, a1: torch.Tensor, p: torch.Tensor, a2: torch.Tensor, n: torch.Tensor
+) -> None:
+    """Raise ``AssertionError`` unless positive (a1, p) and negative (a2, n) pairs are valid."""
+    _check_lengths(a1, p)
+    _check_lengths(a2, n)
+    _check(a1 != p, "anchor equals its positive", a1)
+    _check(labels[a1] == labels[p], "positive has another label than its anchor", p)
+    _check(labels[a2] != labels[n], "negative has the anchor's label", n)
 
 
 @pytest.mark.parametrize("miner", MINERS, ids=lambda m: type(m).__name__)

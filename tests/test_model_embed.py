@@ -12,7 +12,7 @@ from retrieval.config import ModelSpec
 from retrieval.errors import ModelError
 from retrieval.nets.model import fingerprint, load_from_source, load_model, save_model_dir
 
-from .conftest import write_image
+from .helpers import write_image
 
 
 @pytest.fixture(scope="module")

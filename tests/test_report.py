@@ -23,7 +23,7 @@ from retrieval.training.metrics import (
     recall_curve,
 )
 
-from .conftest import COLORS, EVALUATE_JSON_KEYS, run, write_image
+from .helpers import COLORS, EVALUATE_JSON_KEYS, run, write_image
 
 
 def unit(angles_deg: list[float]) -> np.ndarray:
@@ -108,12 +108,12 @@ def test_report_page(gallery: Path, tmp_path: Path):
     r = run("evaluate", gallery, "--model", "tiny", "--json", "--report", out)
     assert set(json.loads(r.stdout)) == EVALUATE_JSON_KEYS
     page = (out / "index.html").read_text(encoding="utf-8")
-    for section in ("recall", "enrolment", "confusions", "map"):
+    for section in ("recall", "enrolment", "open-set", "confusions", "map"):
         assert f'<section id="{section}">' in page
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing outside the page
     images = decode_all(page)
     charts = [img for img in images if img.format == "PNG"]
-    assert len(charts) == 3 and all(img.width > 300 for img in charts)
+    assert len(charts) == 5 and all(img.width > 300 for img in charts)
     table = page.split('<section id="confusions">')[1].split("</section>")[0]
     rows = re.findall(r"<tr><td>\d+</td><td>([^<]+)</td><td>([^<]+)</td>", table)
     assert rows and all({a, b} == {"red", "crimson"} for a, b in rows)

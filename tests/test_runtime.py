@@ -11,17 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import retrieval
 from retrieval.datasets.folders import Record
 from retrieval.engine.runtime import ONNX_FILE, OnnxForward
-from retrieval.faces.cli import main
 from retrieval.indexing.build import build_index
 from retrieval.nets import export
 from retrieval.nets.model import load_model
 
-from .conftest import COLORS, need_shared, write_image
+from .helpers import COLORS, need_shared, run, write_image
 
 
 def real_images(n: int) -> list[Record]:
@@ -109,7 +107,7 @@ def test_query_and_enroll_never_import_torch(gallery: Path, tmp_path: Path):
         "torch": False,
         "tv": False,
     }
-    labels = json.loads(CliRunner().invoke(main, ["info", "--index", index, "--json"]).output)
+    labels = json.loads(run("info", "--index", index, "--json").output)
     assert labels["labels"]["white"] == 1
 
 

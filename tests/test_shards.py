@@ -14,8 +14,7 @@ from index import IndexStore
 from retrieval.indexing.build import build_index
 from retrieval.indexing.shards import SHARDS_FILE
 
-from .ray.conftest import answers, gallery_queries, run, same_answers, shard_sizes
-from .reliability.conftest import write_gallery
+from .helpers import answers, gallery_queries, run, same_answers, shard_sizes, write_gallery
 
 
 def test_sharded_index_answers_like_one_index(gallery: Path, tmp_path: Path):

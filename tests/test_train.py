@@ -11,11 +11,13 @@ import torch
 
 from retrieval.config import TrainConfig
 from retrieval.datasets.folders import scan_gallery
+from retrieval.engine.images import load_rgb
+from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import InputError
 from retrieval.nets.model import load_model
 from retrieval.training.train import held_out_classes, pca_whitening, split_classes, train
 
-from .conftest import write_image
+from .helpers import write_image
 
 COLORS = [
     (220, 30, 30),
@@ -73,13 +75,24 @@ def test_training_lowers_loss_and_writes_model_dir(data: Path, tmp_path: Path):
 
 
 def test_whitening_head_is_fitted_after_training(data: Path, tmp_path: Path):
-    report = train(data, tmp_path / "w", tiny_cfg(head="whiten", dim=8, epochs=1), num_workers=0)
+    cfg = tiny_cfg(head="whiten", dim=8, epochs=1)
+    report = train(data, tmp_path / "w", cfg, num_workers=0)
     last = report.history[-1]
     assert last["whitened"] is True and last["epoch"] == report.best_epoch
     assert "recall_at_1" in last
-    net = load_model(str(tmp_path / "w")).net
-    bias = net.head.bias.detach().numpy()
-    assert np.abs(bias).sum() > 0  # a PCA head centres the data: a non-zero bias
+    net = load_model(str(tmp_path / "w")).net.eval()
+    assert net.spec.flip
+    train_recs, _ = split_classes(scan_gallery(data).records, cfg.val_classes, cfg.seed)
+    to_array = EvalTransform(net.preprocess)
+    x = torch.from_numpy(
+        np.stack([to_array(load_rgb(r.path, min_side=cfg.image_size)) for r in train_recs])
+    )
+    with torch.no_grad():  # the descriptors the head was fitted on: image and mirror averaged
+        both = net.descriptor_from(x) + net.descriptor_from(x.flip(3))
+        y = net.head(torch.nn.functional.normalize(both, dim=1)).double().numpy()
+    # The head whitens the training classes' descriptors: centred, unit covariance.
+    np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(y.T), np.eye(cfg.dim), atol=1e-4)
 
 
 def test_resume_continues_to_the_same_result(data: Path, tmp_path: Path):

@@ -1,11 +1,16 @@
-"""k-NN vote over retrieved neighbours: label, confidence, and "unknown" when nothing is close."""
+"""The label of a query from its retrieved neighbours: the k-NN vote (majority or
+similarity-weighted, with its share), and the default rule, the vote's labels decided by their
+nearest class prototype (``nearest_prototype``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 VOTES = ("weighted", "majority")
+RULES = ("prototype", *VOTES)  # how a label is chosen; prototype: the default
 
 
 @dataclass(frozen=True)
@@ -60,3 +65,36 @@ def vote(
     total = sum(weight.values())
     confidence = weight[winner] / total if total > 0 else 0.0
     return Prediction(winner, confidence, top)
+
+
+Prototype = Callable[[str], "np.ndarray | None"]
+"""A label's prototype (the mean of its vectors), or None when it is not known."""
+
+
+def nearest_prototype(
+    query: np.ndarray, neighbors: Sequence[Neighbor], prototype: Prototype, k: int = 5
+) -> str | None:
+    """Of the labels of the first ``k`` neighbours, the one whose prototype is nearest the
+    query (cosine; labels without one are passed over; None without neighbours). The
+    neighbours make a shortlist, the class means decide: with few photos per label a mean is
+    a steadier witness than the photos one by one (README, "Sharper on species it never
+    saw")."""
+    best, best_score = None, -np.inf
+    q = np.asarray(query, np.float64).reshape(-1)
+    for label in dict.fromkeys(n.label for n in sorted(neighbors, key=lambda n: -n.score)[:k]):
+        mean = prototype(label)
+        if mean is None:
+            continue
+        norm = float(np.linalg.norm(mean))
+        score = float(q @ mean) / norm if norm > 0 else -np.inf
+        if best is None or score > best_score:
+            best, best_score = label, score
+    return best
+
+
+def share(neighbors: Sequence[Neighbor], label: str | None, k: int = 5) -> float:
+    """``label``'s share of the similarity-weighted vote of the first ``k`` neighbours."""
+    top = sorted(neighbors, key=lambda n: -n.score)[:k]
+    total = sum(max(n.score, 0.0) for n in top)
+    mine = sum(max(n.score, 0.0) for n in top if n.label == label)
+    return mine / total if total > 0 else 0.0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from index import AUTO_COMPACT_ABOVE, INDEX_TYPES
+from index import AUTO_COMPACT_ABOVE, INDEX_TYPES, one_line
 from retrieval.config import INDEX_ENV, TrainConfig, default_index_dir
 
 if TYPE_CHECKING:
@@ -44,14 +44,14 @@ def _bar(total: int, desc: str) -> Iterator[object]:
 
 
 def _fail(message: str) -> None:
-    click.echo(f"retrieve: error: {message}", err=True)
+    click.echo(f"retrieve: error: {one_line(message)}", err=True)
     sys.exit(EXIT_ERROR)
 
 
 def _warn_skipped(skipped: list[tuple[str, str]], what: str) -> None:
     for path, reason in skipped:
-        reason = reason.removeprefix(f"{path}: ")
-        click.echo(f"warning: skipped {path}: {reason}", err=True)
+        reason = one_line(reason).removeprefix(f"{one_line(path)}: ")
+        click.echo(f"warning: skipped {one_line(path)}: {reason}", err=True)
     if skipped:
         click.echo(f"warning: {len(skipped)} {what} skipped", err=True)
 
@@ -173,6 +173,19 @@ def main() -> None:
     "inverted lists, re-scored exactly), or auto: flat up to "
     f"{AUTO_COMPACT_ABOVE:,} images, then compact.",
 )
+@click.option(
+    "--known-accept",
+    type=float,
+    default=None,
+    help="Calibrate 'unknown' so that this share of photos of labels the index holds is "
+    "answered (default 0.95; 'retrieve calibrate' changes it later).",
+)
+@click.option(
+    "--absent-share",
+    type=float,
+    default=None,
+    help="Share of queries of species the index lacks that the confidence assumes (default 0.2).",
+)
 @_ray_option("Embed on Ray")
 @click.option(
     "--workers",
@@ -196,6 +209,8 @@ def build_index_cmd(
     batch_size: int,
     force: bool,
     index_type: str,
+    known_accept: float | None,
+    absent_share: float | None,
     ray_address: str | None,
     workers: int | None,
     shards: int,
@@ -221,6 +236,8 @@ def build_index_cmd(
         shards=shards,
         ray=ray_address,
         workers=workers,
+        known_accept=known_accept,
+        absent_share=absent_share,
         progress=_bar,
     )
     _warn_skipped(report.skipped, "unreadable or non-image files")
@@ -252,15 +269,17 @@ def build_index_cmd(
 @click.option(
     "--min-score",
     type=float,
-    default=0.0,
-    show_default=True,
-    help="Answer 'unknown' when the best cosine score is below this.",
+    default=None,
+    help="Answer 'unknown' when the best cosine score is below this, instead of the index's "
+    "own calibrated rule (0: never unknown, the closed-set answer).",
 )
 @click.option(
     "--vote",
     "method",
-    type=click.Choice(["weighted", "majority"]),
-    default="weighted",
+    type=click.Choice(["prototype", "weighted", "majority"]),
+    default="prototype",
+    help="prototype: of the neighbours' labels, the one whose mean is nearest the image; "
+    "weighted / majority: the neighbours' vote.",
     show_default=True,
 )
 @click.option("--model", default=None, help="Check that the index was built with this model.")
@@ -284,7 +303,7 @@ def query_cmd(
     images: tuple[Path, ...],
     index_dir: Path,
     k: int,
-    min_score: float,
+    min_score: float | None,
     method: str,
     model: str | None,
     as_json: bool,
@@ -313,14 +332,14 @@ def query_cmd(
         answered = []
         for a in answers:
             seconds.append(a.seconds)
-            _show_answer(a, min_score, as_json)
+            _show_answer(a, as_json)
             if show is not None:
                 answered.append(a)
         if show is not None:
             from retrieval.faces.visual import write_answer
 
             maps = r.attention([a.query for a in answered])
-            write_answer(show, answered, maps, min_score=min_score)
+            write_answer(show, answered, maps)
             click.echo(f"wrote {show}", err=True)
     if timing and seconds:
         import numpy as np
@@ -329,17 +348,18 @@ def query_cmd(
         click.echo(f"{len(seconds)} images: p50 {p50:.1f} ms, p95 {p95:.1f} ms per image", err=True)
 
 
-def _show_answer(p: Answer, min_score: float, as_json: bool) -> None:
+def _show_answer(p: Answer, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(p.to_json(), ensure_ascii=False))
         return
+    query = one_line(p.query)
     if p.label is None:
-        best = f"best score {p.neighbors[0].score:.3f}" if p.neighbors else "empty index"
-        click.echo(f"{p.query}: unknown ({best} < --min-score {min_score:g})")
+        near = f"; nearest: {', '.join(p.suggestions[:3])}" if p.suggestions else ""
+        click.echo(f"{query}: unknown ({one_line(p.unknown_because or '')}{one_line(near)})")
     else:
-        click.echo(f"{p.query}: {p.label}  (confidence {p.confidence:.2f})")
+        click.echo(f"{query}: {one_line(p.label)}  (confidence {p.confidence:.2f})")
     for n in p.neighbors:
-        click.echo(f"    {n.score:.3f}  {n.label}  {n.path}")
+        click.echo(f"    {n.score:.3f}  {one_line(n.label)}  {one_line(n.path)}")
 
 
 @main.command("enroll")
@@ -355,7 +375,7 @@ def enroll_cmd(label: str, inputs: tuple[Path, ...], index_dir: Path, batch_size
         report = r.enroll(label, list(inputs), progress=_bar)
     _warn_skipped(report.skipped, "unreadable or non-image files")
     for path, reason in report.duplicates:
-        click.echo(f"already indexed: {path} ({reason})", err=True)
+        click.echo(f"already indexed: {one_line(path)} ({one_line(reason)})", err=True)
     click.echo(
         f"enrolled {len(report.added)} images as {label!r} "
         f"({len(report.duplicates)} already indexed); {label!r} now has {report.total_for_label}"
@@ -390,16 +410,55 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
         click.echo(json.dumps(i.to_json(), ensure_ascii=False))
         return
     click.echo(f"index     {i.index}")
-    click.echo(f"model     {i.model} (fingerprint {i.fingerprint}), {i.dim}-d")
+    flip = "; each image averaged with its mirror image (2 passes)" if i.flip else ""
+    click.echo(f"model     {i.model} (fingerprint {i.fingerprint}), {i.dim}-d{flip}")
     click.echo(f"format    {i.format_version}")
     layout = ", ".join(f"{k} {v}" for k, v in i.layout.items() if k != "type")
     click.echo(
         f"search    {i.layout['type']}{f' ({layout})' if layout else ''}; --index-type {i.index_type}"
     )
     click.echo(f"items     {i.count} in {len(i.labels)} labels")
-    width = max((len(lab) for lab in i.labels), default=0)
+    click.echo(f"unknown   {_open_set_line(i.open_set)}")
+    width = max((len(one_line(lab)) for lab in i.labels), default=0)
     for lab, n in i.labels.items():
-        click.echo(f"  {lab:<{width}}  {n}")
+        click.echo(f"  {one_line(lab):<{width}}  {n}")
+
+
+def _open_set_line(o: dict | None) -> str:
+    if not o or o["threshold"] is None:
+        return "never (no label has two items to calibrate from)"
+    on = o["calibrated_on"]
+    return (
+        f"below decision score {o['threshold']:.3f} (calibrated for --known-accept "
+        f"{o['known_accept']:g} on {on['items']} items of {on['labels']} labels; confidence for "
+        f"--absent-share {o['absent_share']:g})"
+    )
+
+
+@main.command("calibrate")
+@_index_option
+@click.option(
+    "--known-accept",
+    type=float,
+    default=None,
+    help="Share of photos of labels the index holds that must not be answered 'unknown' "
+    "(kept with the index; 0.95 when built).",
+)
+@click.option(
+    "--absent-share",
+    type=float,
+    default=None,
+    help="Share of queries of species the index lacks that the confidence assumes (kept with "
+    "the index; 0.2 when built).",
+)
+def calibrate_cmd(index_dir: Path, known_accept: float | None, absent_share: float | None) -> None:
+    """Calibrate the index's 'unknown' answer and confidence anew from its own gallery
+    (enroll, remove and build-index do it when the gallery changed enough)."""
+    import retrieval
+
+    with retrieval.Retriever(index_dir) as r:
+        i = r.calibrate(known_accept=known_accept, absent_share=absent_share)
+    click.echo(f"unknown   {_open_set_line(i.open_set)}")
 
 
 @main.command("check")
@@ -420,11 +479,11 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
         click.echo(json.dumps(report.to_json(), ensure_ascii=False))
     else:
         for line in report.repaired:
-            click.echo(f"repaired: {line}")
+            click.echo(f"repaired: {one_line(line)}")
         for line in report.notes:
-            click.echo(f"note: {line}")
+            click.echo(f"note: {one_line(line)}")
         for line in report.problems:
-            click.echo(f"problem: {line}")
+            click.echo(f"problem: {one_line(line)}")
         if report.ok:
             click.echo(f"index OK: {report.items} items, {report.labels} labels")
         else:
@@ -595,6 +654,12 @@ def evaluate_cmd(
         for n, acc in m["enrollment"].items()
     )
     click.echo("enrolment: " + "  ".join(shots))
+    o = m["open_set"]
+    rates = "  ".join(
+        f"{name} {'n/a' if o[key] is None else f'{o[key]:.3f}'}"
+        for name, key in (("known right", "known_right"), ("absent unknown", "absent_rejected"))
+    )
+    click.echo(f"open world: AUROC {o['auroc']:.3f}  {rates}  ECE {m['ece']:.3f}")
 
 
 SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart")
@@ -611,13 +676,40 @@ SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipa
     show_default=True,
     help="Largest request body (all files of one request); larger ones get 413.",
 )
-def serve_cmd(index_dir: Path, host: str, port: int, max_upload_mb: float) -> None:
-    """Serve the index over HTTP: POST /query, POST /enroll, DELETE /items, GET /labels,
-    GET /health, a web page at / and the API docs at /docs. The index and its network are
-    loaded once, at start-up."""
+@click.option(
+    "--token",
+    envvar="RETRIEVE_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="Access token that writes (enrol, remove) need, as 'Authorization: Bearer TOKEN'; "
+    "required when --host is not a loopback address.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host header is NAME (repeatable; '*': any). By default "
+    "only the bound address and localhost's names (bound to 0.0.0.0 or ::, also this "
+    "machine's names and any IP address).",
+)
+def serve_cmd(
+    index_dir: Path,
+    host: str,
+    port: int,
+    max_upload_mb: float,
+    token: str | None,
+    allow_hosts: tuple[str, ...],
+) -> None:
+    """Serve the index over HTTP: POST /query, POST /enroll, DELETE /labels, DELETE /items,
+    GET /labels, GET /health, a web page at / and the API docs at /docs. The index and its
+    network are loaded once, at start-up."""
+    if token is not None and not token.strip():
+        raise click.UsageError("--token must not be empty")
     try:
         import uvicorn
 
+        from retrieval.faces.guard import default_hosts, needs_token
         from retrieval.faces.server import create_app
     except ModuleNotFoundError as exc:
         if exc.name not in SERVE_MODULES:
@@ -626,6 +718,16 @@ def serve_cmd(index_dir: Path, host: str, port: int, max_upload_mb: float) -> No
             f"retrieve serve needs the 'serve' extra ({exc.name} is not installed): "
             "pip install 'retrieve[serve]'"
         )
-    app = create_app(index_dir, max_upload_mb=max_upload_mb)
-    click.echo(f"serving {index_dir} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    if token is None and needs_token(host):
+        _fail(
+            f"--host {host} is reachable from the network: give --token TOKEN or set "
+            "RETRIEVE_TOKEN (writes then need it)"
+        )
+    from retrieval.engine.images import give_back_big_blocks
+
+    give_back_big_blocks()  # a server runs for long: what a big upload took is given back
+    hosts = default_hosts(host) | {h.lower() for h in allow_hosts}
+    app = create_app(index_dir, max_upload_mb=max_upload_mb, token=token, allowed_hosts=hosts)
+    guarded = "; writes need the access token" if token is not None else ""
+    click.echo(f"serving {index_dir} on http://{host}:{port}/{guarded} (Ctrl-C to stop)", err=True)
     uvicorn.run(app, host=host, port=port)

@@ -17,7 +17,13 @@ import numpy as np
 from index import atomic_write_bytes
 from retrieval.errors import InputError, require_extra
 from retrieval.faces.visual import data_uri, html_page, jpeg_uri, load_thumbnail, writable_folder
-from retrieval.training.metrics import Confusion, confusions, neighbors_leave_one_out, recall_curve
+from retrieval.training.metrics import (
+    Confusion,
+    OpenSetRun,
+    confusions,
+    neighbors_leave_one_out,
+    recall_curve,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -235,6 +241,77 @@ def _map_section(ev: Evaluation) -> str:
     )
 
 
+def _reliability_chart(run: OpenSetRun) -> bytes:
+    """Answered queries in 10 confidence bins: the share right against the mean confidence."""
+    fig = _figure(4.6, 4.0)
+    ax = fig.add_subplot()
+    conf, right = run.confidence[run.answered], run.right[run.answered]
+    which = np.minimum((conf * 10).astype(int), 9)
+    bins = [b for b in range(10) if (which == b).any()]
+    ax.plot([0, 1], [0, 1], color="#999999", linewidth=1, label="calibrated")
+    ax.bar(
+        [(b + 0.5) / 10 for b in bins],
+        [right[which == b].mean() for b in bins],
+        width=0.09,
+        color="#4a7ab5",
+        label="share right",
+    )
+    ax.plot(
+        [conf[which == b].mean() for b in bins],
+        [right[which == b].mean() for b in bins],
+        "o",
+        color="#c0392b",
+        label="mean confidence",
+    )
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="answers right")
+    ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
+
+
+def _scores_chart(run: OpenSetRun) -> bytes:
+    """The decision scores of known and absent queries, and the threshold."""
+    fig = _figure(5.5, 3.6)
+    ax = fig.add_subplot()
+    finite = run.scores[np.isfinite(run.scores)]
+    edges = np.histogram_bin_edges(finite, bins=30) if len(finite) else 10
+    ax.hist(run.scores[run.known], bins=edges, alpha=0.6, color="#4a7ab5", label="known")
+    ax.hist(run.scores[~run.known], bins=edges, alpha=0.6, color="#c0392b", label="absent")
+    if run.threshold is not None:
+        ax.axvline(run.threshold, color="black", linestyle="--", label="threshold")
+    ax.set(xlabel="decision score (higher: more like a known label)", ylabel="queries")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _open_set_section(ev: Evaluation) -> str:
+    run = ev.open_set
+    if run is None:
+        return ""
+    o = ev.metrics["open_set"]
+    rows = [
+        [
+            f"{o['auroc']:.3f}",
+            "–" if o["known_right"] is None else f"{o['known_right']:.3f}",
+            "–" if o["absent_rejected"] is None else f"{o['absent_rejected']:.3f}",
+            f"{ev.metrics['ece']:.3f}",
+        ]
+    ]
+    return _section(
+        "open-set",
+        "The open world",
+        f"Half the classes in a gallery (60 % of their images) calibrated from itself, as an "
+        f"index is; {int(run.known.sum())} queries of its classes (known) and "
+        f"{int((~run.known).sum())} of the other classes (absent, the right answer is unknown), "
+        "one at a time.",
+        _table(
+            ["AUROC known vs absent", "known answered right", "absent answered unknown", "ECE"],
+            rows,
+        ),
+        _chart(_scores_chart(run), "decision scores of known and absent queries"),
+        _chart(_reliability_chart(run), "reliability diagram"),
+    )
+
+
 def render_report(ev: Evaluation, source: str, top: int = TOP_PAIRS) -> str:
     """The report of an evaluation of ``source`` (the data folder) as one HTML document."""
     m = ev.metrics
@@ -250,6 +327,7 @@ def render_report(ev: Evaluation, source: str, top: int = TOP_PAIRS) -> str:
         _table(["data", "model", "images", "classes", "MAP@R"], [summary]),
         _recall_section(ev.vectors, np.array(ev.labels)),
         _enrolment_section(m["enrollment"]),
+        _open_set_section(ev),
         _confusion_section(ev, top),
         _map_section(ev),
     ]

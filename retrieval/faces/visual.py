@@ -167,10 +167,10 @@ class _Cell:
     path: str  # shown on hover in HTML
 
 
-def _vote_lines(p: Answered, min_score: float) -> tuple[str, str]:
+def _vote_lines(p: Answered) -> tuple[str, str]:
     if p.label is None:
-        best = f"best score {p.neighbors[0].score:.3f} < {min_score:g}" if p.neighbors else ""
-        return "unknown", best or "empty index"
+        near = ", ".join(dict.fromkeys(n.label for n in p.neighbors[:3]))
+        return "unknown", f"nearest: {near}" if near else "empty index"
     return p.label, f"confidence {p.confidence:.2f}"
 
 
@@ -204,15 +204,13 @@ def _cells(result: Answered, attention: AttentionMap | None) -> tuple[list[_Cell
 def render_html(
     results: Sequence[Answered],
     attention: Sequence[AttentionMap | None] | None = None,
-    *,
-    min_score: float = 0.0,
 ) -> str:
     """One section per query: the query (and its attention overlay), the vote, and each
     neighbour with its label and score; every image embedded as a data URI."""
     sections = []
     for i, r in enumerate(results):
         query, neighbours = _cells(r, attention[i] if attention else None)
-        label, detail = _vote_lines(r, min_score)
+        label, detail = _vote_lines(r)
         unknown = " unknown" if r.label is None else ""
         parts = [_html_figure(c, "query" if j == 0 else "attention") for j, c in enumerate(query)]
         parts.append(
@@ -242,8 +240,6 @@ def _html_figure(cell: _Cell, css: str) -> str:
 def render_png(
     results: Sequence[Answered],
     attention: Sequence[AttentionMap | None] | None = None,
-    *,
-    min_score: float = 0.0,
 ) -> bytes:
     """A contact sheet, one row (ROW_HEIGHT pixels) per query: the query (and its attention
     overlay), a panel with the vote, then each neighbour with its label and score."""
@@ -260,7 +256,7 @@ def render_png(
         for cell in query:
             _draw_cell(sheet, draw, font, cell, x, top)
             x += THUMB + PAD
-        label, detail = _vote_lines(r, min_score)
+        label, detail = _vote_lines(r)
         colour = GREY if r.label is None else (0, 0, 0)
         # A long label gets the smaller font before it is cut short.
         face = big if draw.textlength(label, font=big) <= PANEL - PAD else font
@@ -311,13 +307,11 @@ def write_answer(
     out: Path,
     results: Sequence[Answered],
     attention: Sequence[AttentionMap | None] | None = None,
-    *,
-    min_score: float = 0.0,
 ) -> Path:
     """Write the answer sheet to ``out``: HTML or PNG after its suffix (see check_show_target)."""
     if out.suffix.lower() == ".html":
-        data = render_html(results, attention, min_score=min_score).encode("utf-8")
+        data = render_html(results, attention).encode("utf-8")
     else:
-        data = render_png(results, attention, min_score=min_score)
+        data = render_png(results, attention)
     atomic_write_bytes(out, data)
     return out

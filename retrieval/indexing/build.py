@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from retrieval.datasets.folders import Record
 from retrieval.engine.embed import Embedder, EmbedResult
 from retrieval.engine.runtime import ONNX_FILE, onnx_entry
 from retrieval.errors import InputError
+from retrieval.indexing.calibration import check_settings, recalibrate
 from retrieval.indexing.ingest import Embedded, commit_parts, dedupe, hash_records, local_parts
 from retrieval.indexing.shards import deal, is_sharded, shard_name, write_shards
 from retrieval.progress import ProgressFactory, no_progress
@@ -68,29 +68,10 @@ def staging_dir(index_dir: str | Path) -> Path:
 
 
 def stray_builds(target: Path) -> list[Path]:
-    """Folders beside ``target`` that interrupted builds left and nothing will use: the
-    pid-named staging and old folders of earlier versions (of processes that are gone), and a
-    parked old index (see fsutil.exchange) once ``target`` is in place again."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:building|old)-(\d+)")
-    found = []
-    for entry in sorted(target.parent.iterdir()) if target.parent.is_dir() else []:
-        match = pattern.fullmatch(entry.name)
-        if match and entry.is_dir() and not _alive(int(match.group(1))):
-            found.append(entry)
+    """Folders beside ``target`` that interrupted builds left and nothing will use: a parked old
+    index (see fsutil.exchange) once ``target`` is in place again."""
     aside = aside_name(target)
-    if aside.is_dir() and target.exists():
-        found.append(aside)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        pass
-    return True
+    return [aside] if aside.is_dir() and target.exists() else []
 
 
 def _holds_files(folder: Path) -> bool:
@@ -262,6 +243,8 @@ def build_index(
     index_type: str = "auto",
     shards: int = 1,
     embedding: Embedding = LOCAL,
+    known_accept: float | None = None,
+    absent_share: float | None = None,
     progress: ProgressFactory = no_progress,
 ) -> BuildReport:
     """Embed every image of a gallery into a new index at ``index_dir``: a folder with one
@@ -278,6 +261,7 @@ def build_index(
     embedded again (anything else in it is dropped); begun with another model, it starts over.
     """
     target = Path(index_dir)
+    check_settings(known_accept, absent_share)
     if shards < 1:
         raise InputError(f"--shards must be at least 1, not {shards}")
     if IndexStore.is_index(target) or is_sharded(target):
@@ -288,9 +272,10 @@ def build_index(
     scan = (dataset or DatasetOptions()).scan(gallery)
     network = _network(model, weights, scan.records, batch_size)
     start = time.perf_counter()
-    shas = hash_records(scan.records)
-    keep, dupes = dedupe(scan.records, shas, {})
-    records = [scan.records[i] for i in keep]
+    readable, shas, unreadable = hash_records(scan.records)
+    scan.skipped.extend(unreadable)
+    keep, dupes = dedupe(readable, shas, {})
+    records = [readable[i] for i in keep]
     shas = [shas[i] for i in keep]
     target.parent.mkdir(parents=True, exist_ok=True)
     for stray in stray_builds(target):
@@ -321,6 +306,7 @@ def build_index(
         if total == 0:
             shutil.rmtree(staging)
             raise InputError(f"no image in {gallery} could be read; nothing indexed")
+        _calibrate(staging, folders, known_accept, absent_share)
         _swap_into_place(staging, target)
     finally:
         lock.release()
@@ -339,6 +325,19 @@ def build_index(
         resumed=sum(f.resumed for f in filled),
         shards=shards,
     )
+
+
+def _calibrate(
+    root: Path, folders: Sequence[Path], known_accept: float | None, absent_share: float | None
+) -> None:
+    """The open-set state of the complete staging index (retrieval/indexing/calibration.py),
+    made before it is swapped into place, so that its first query finds it."""
+    stores = [IndexStore.open(f) for f in folders]
+    try:
+        recalibrate(root, stores, known_accept=known_accept, absent_share=absent_share)
+    finally:
+        for store in stores:
+            store.close()
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from index import IndexStore, sha256_file
+import numpy as np
+
+from index import IndexStore, NotRegularFileError, sha256_file
 from retrieval.datasets.folders import Record
 from retrieval.engine.embed import Embedder, EmbedResult
 from retrieval.progress import ProgressFactory
@@ -17,8 +19,25 @@ from retrieval.progress import ProgressFactory
 CHUNK = 256  # images per commit of build-index and enroll (rounded up to whole batches)
 
 
-def hash_records(records: Sequence[Record]) -> list[str]:
-    return [sha256_file(r.path) for r in records]
+def hash_records(
+    records: Sequence[Record],
+) -> tuple[list[Record], list[str], list[tuple[str, str]]]:
+    """The records whose files can be read, the sha256 of each one's content, and (path,
+    reason) for the others (gone, unreadable, or not a regular file: a FIFO or a device is
+    never read)."""
+    kept: list[Record] = []
+    shas: list[str] = []
+    failures: list[tuple[str, str]] = []
+    for r in records:
+        try:
+            shas.append(sha256_file(r.path))
+        except NotRegularFileError as exc:
+            failures.append((str(r.path), exc.why))
+        except OSError as exc:
+            failures.append((str(r.path), f"cannot be read ({exc.strerror or exc})"))
+        else:
+            kept.append(r)
+    return kept, shas, failures
 
 
 def dedupe(
@@ -48,11 +67,17 @@ class Embedded:
     duplicates: list[tuple[str, str]] = field(default_factory=list)
 
 
+Committed = Callable[[int, np.ndarray, list[str]], None]
+"""Called after each commit, the writer lock still held: (the store's generation before it, the
+vectors added, their labels)."""
+
+
 def commit_parts(
     store: IndexStore,
     records: Sequence[Record],
     shas: Sequence[str],
     parts: Iterable[EmbedResult],
+    committed: Committed | None = None,
 ) -> Embedded:
     """Commit embedded ``parts`` (their ``ok`` indexes ``records``) one transaction each under
     the writer lock. Content another writer committed meanwhile is then skipped as a
@@ -65,12 +90,16 @@ def commit_parts(
             present = store.find_sha256([shas[i] for i in part.ok])
             rows = [row for row, i in enumerate(part.ok) if shas[i] not in present]
             new = [part.ok[row] for row in rows]
+            before = store.generation
+            labels = [records[i].label for i in new]
             store.add(
                 part.vectors[rows],
-                [records[i].label for i in new],
+                labels,
                 [str(Path(records[i].path).resolve()) for i in new],
                 [shas[i] for i in new],
             )
+            if committed is not None and new:
+                committed(before, part.vectors[rows], labels)
         out.added.extend(str(records[i].path) for i in new)
         out.duplicates.extend(
             (str(records[i].path), f"already indexed as {item.path} ({item.label})")
@@ -96,8 +125,10 @@ def embed_into(
     shas: Sequence[str],
     progress: ProgressFactory,
     desc: str,
+    committed: Committed | None = None,
 ) -> Embedded:
     """Embed ``records`` in order and commit them a chunk of CHUNK images at a time (see
     commit_parts)."""
     with progress(len(records), desc) as bar:
-        return commit_parts(store, records, shas, local_parts(embedder, records, bar.update))
+        parts = local_parts(embedder, records, bar.update)
+        return commit_parts(store, records, shas, parts, committed)

@@ -42,13 +42,6 @@ class Backbone(nn.Module):
             x = stage(x)
         return x
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_stages(x)
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """ImageNet logits, for backbones that keep their classifier (used to check weights)."""
-        raise ModelError(f"{type(self).__name__} has no ImageNet classifier")
-
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state)
 
@@ -152,9 +145,6 @@ class EfficientNetLite0(Backbone):
         head = nn.ModuleList([self._conv_head, self._bn1])
         return [stem, *self._blocks, head]
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fc(self.features(x).mean(dim=(2, 3)))
-
 
 class ResNet50(Backbone):
     """torchvision's ResNet-50 trunk (random init unless a local state dict is given)."""
@@ -179,9 +169,6 @@ class ResNet50(Backbone):
     def stage_modules(self) -> list[nn.Module]:
         n = self.net
         return [nn.ModuleList([n.conv1, n.bn1]), n.layer1, n.layer2, n.layer3, n.layer4]
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.fc(self.features(x).mean(dim=(2, 3)))
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.net.load_state_dict(state)

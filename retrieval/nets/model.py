@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +229,13 @@ def load_model_dir(path: Path) -> LoadedModel:
         payload = torch.load(ckpt, map_location="cpu", weights_only=True)
         spec = ModelSpec.from_dict(payload["spec"])
         state = payload["state_dict"]
+    except pickle.UnpicklingError as exc:  # torch's advice to unpickle it anyway is not ours
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ModelError(
+            f"{ckpt} holds Python objects other than weights{what}; it is not unpickled: only "
+            "model folders written by 'retrieve train' load"
+        ) from exc
     except Exception as exc:
         raise ModelError(f"{ckpt} is not a readable retrieve checkpoint: {exc}") from exc
     if payload.get("format", 0) > CHECKPOINT_FORMAT:

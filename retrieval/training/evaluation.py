@@ -13,7 +13,15 @@ import numpy as np
 from retrieval.datasets import DatasetOptions
 from retrieval.errors import InputError
 from retrieval.progress import ProgressFactory, no_progress
-from retrieval.training.metrics import enrollment_accuracy, retrieval_metrics
+from retrieval.training.metrics import (
+    OpenSetRun,
+    enrollment_accuracy,
+    open_set_run,
+    open_set_split,
+    retrieval_metrics,
+)
+
+OPEN_SET_KEYS = ("auroc", "known_right", "absent_rejected", "threshold")
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class Evaluation:
     labels: list[str]
     paths: list[str]
     skipped: list[tuple[str, str]]
+    open_set: OpenSetRun | None = None
 
 
 def evaluate(
@@ -41,7 +50,10 @@ def evaluate(
 ) -> Evaluation:
     """Leave-one-out Recall@1/2/4/8 and MAP@R over every image of a dataset (a folder per label,
     or a benchmark read with ``dataset``'s options), and the enrolment curve: top-1 k-NN accuracy
-    after enrolling ``shots`` random images per class; with the embeddings they came from."""
+    after enrolling ``shots`` random images per class; and the open world (``open_set``, ``ece``):
+    half the classes (seeded) in a gallery with 60 % of their images, the rest of their images
+    and up to 12 of each other class's queried one at a time, the gallery calibrated from itself
+    as an index is; with the embeddings they came from."""
     from retrieval.nets.export import fast_embedder
     from retrieval.nets.model import load_model
 
@@ -62,10 +74,11 @@ def evaluate(
         str(n): enrollment_accuracy(result.vectors, labels, n, seed=seed, k=k) for n in shots
     }
     metrics.update(n_images=len(labels), n_classes=len(set(labels)), model=loaded.name)
+    paths = [str(scan.records[i].path) for i in result.ok]
+    open_set = open_set_run(result.vectors, labels, *open_set_split(labels, paths, seed=seed), k=k)
+    measured = open_set.metrics()
+    metrics["ece"] = measured.pop("ece")
+    metrics["open_set"] = {key: measured[key] for key in OPEN_SET_KEYS}
     return Evaluation(
-        metrics,
-        result.vectors,
-        labels,
-        [str(scan.records[i].path) for i in result.ok],
-        scan.skipped + result.failures,
+        metrics, result.vectors, labels, paths, scan.skipped + result.failures, open_set
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from retrieval.engine.classify import Neighbor, vote
+from retrieval.engine import openset
+from retrieval.engine.classify import Neighbor, nearest_prototype, vote
 
 BLOCK = 1024
 
@@ -84,11 +86,15 @@ def knn_accuracy(
     query_labels: Sequence[str],
     *,
     k: int = 5,
-    method: str = "weighted",
+    method: str = "prototype",
 ) -> float:
-    """Top-1 accuracy of the k-NN vote of each query over the gallery (same rule as ``query``)."""
+    """Top-1 accuracy of each query's label from its k nearest gallery items, by the rule
+    ``query`` uses (``prototype``: of their labels, the one whose gallery mean is nearest; or
+    their ``weighted`` / ``majority`` vote)."""
     if len(query_labels) == 0:
         return 0.0
+    names = np.asarray(gallery_labels)
+    means = {lab: gallery[names == lab].mean(0) for lab in dict.fromkeys(gallery_labels)}
     correct = 0
     for s in range(0, len(queries), BLOCK):
         sim = queries[s : s + BLOCK] @ gallery.T
@@ -96,14 +102,19 @@ def knn_accuracy(
         top = np.argsort(-sim, axis=1)[:, :kk]
         for row, (qi, order) in enumerate(zip(range(s, s + len(sim)), top, strict=True)):
             neighbors = [Neighbor("", gallery_labels[j], float(sim[row, j])) for j in order]
-            correct += vote(neighbors, k=kk, method=method).label == query_labels[qi]
+            if method == "prototype":
+                label = nearest_prototype(queries[qi], neighbors, means.get, kk)
+            else:
+                label = vote(neighbors, k=kk, method=method).label
+            correct += label == query_labels[qi]
     return correct / len(query_labels)
 
 
 def enrollment_accuracy(
     x: np.ndarray, labels: Sequence[str], shots: int, *, seed: int = 0, k: int = 5
 ) -> float | None:
-    """Enrol ``shots`` random images per class (seeded), classify all the others by k-NN vote.
+    """Enrol ``shots`` random images per class (seeded), classify all the others as ``query``
+    does (knn_accuracy's prototype rule).
 
     Classes with no image left to classify are skipped; None when no class has enough images.
     """
@@ -168,3 +179,131 @@ def confusions(labels: Sequence[str], nearest: np.ndarray, top: int = 10) -> lis
             found.setdefault((labels[i], labels[j]), []).append(i)
     pairs = sorted(found.items(), key=lambda item: (-len(item[1]), item[0]))[:top]
     return [Confusion(a, b, len(rows), rows[0], int(nearest[rows[0]])) for (a, b), rows in pairs]
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive scores above a negative), ties counted half (Mann-Whitney); NaN if either
+    side is empty."""
+    if not len(positive) or not len(negative):
+        return float("nan")
+    both = np.r_[positive, negative]
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+    n = len(positive)
+    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * len(negative)))
+
+
+def expected_calibration_error(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
+    """Sum over ``bins`` equal-width confidence bins of (share of answers in the bin) x |mean
+    confidence - share right| (0 for no answers)."""
+    conf = np.asarray(confidence, np.float64)
+    if not len(conf):
+        return 0.0
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    err = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            err += inside.mean() * abs(conf[inside].mean() - np.asarray(right)[inside].mean())
+    return float(err)
+
+
+def open_set_split(
+    labels: Sequence[str],
+    paths: Sequence[str],
+    *,
+    seed: int | None = 0,
+    gallery_share: float = 0.6,
+    absent_per_class: int = 12,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gallery, known, absent) indices: half the classes (rounded down; in name order, or
+    shuffled with ``seed``) hold the first ``gallery_share`` of their files (by path) in the
+    gallery, the rest are known queries; the first ``absent_per_class`` files of each other
+    class are absent queries (the right answer is unknown)."""
+    classes = sorted(set(labels))
+    if seed is not None:
+        classes = [classes[i] for i in np.random.default_rng(seed).permutation(len(classes))]
+    inside = set(classes[: len(classes) // 2])
+    by_class: dict[str, list[int]] = {}
+    for i in sorted(range(len(labels)), key=lambda i: paths[i]):
+        by_class.setdefault(labels[i], []).append(i)
+    gallery, known, absent = [], [], []
+    for label, rows in by_class.items():
+        if label in inside:
+            cut = int(gallery_share * len(rows))
+            gallery += rows[:cut]
+            known += rows[cut:]
+        else:
+            absent += rows[:absent_per_class]
+    return np.array(gallery, np.int64), np.array(known, np.int64), np.array(absent, np.int64)
+
+
+@dataclass(frozen=True)
+class OpenSetRun:
+    """Known and absent queries answered one at a time against a gallery, as ``retrieve query``
+    answers them by default: each query's decision score, whether it is of a known class,
+    answered (not unknown), right (answered with its label), and its confidence."""
+
+    threshold: float | None
+    scores: np.ndarray
+    known: np.ndarray
+    answered: np.ndarray
+    right: np.ndarray
+    confidence: np.ndarray
+    closed_right: np.ndarray
+
+    def metrics(self) -> dict[str, Any]:
+        known, absent = self.known, ~self.known
+        return {
+            "auroc": auroc(self.scores[known], self.scores[absent]),
+            "known_right": float(self.right[known].mean()) if known.any() else None,
+            "closed_set_right": float(self.closed_right[known].mean()) if known.any() else None,
+            "absent_rejected": float((~self.answered[absent]).mean()) if absent.any() else None,
+            "threshold": self.threshold,
+            "ece": expected_calibration_error(
+                self.confidence[self.answered], self.right[self.answered]
+            ),
+        }
+
+
+def open_set_run(
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    gallery: np.ndarray,
+    known: np.ndarray,
+    absent: np.ndarray,
+    *,
+    k: int = 5,
+) -> OpenSetRun:
+    """``OpenSetRun`` of the ``known`` and ``absent`` rows against the ``gallery`` rows, the
+    gallery calibrated from itself alone (retrieval/engine/openset.py, default settings)."""
+    x = np.ascontiguousarray(vectors, np.float32)
+    y = np.asarray(labels, dtype=str)
+    g = x[gallery]
+    stats = openset.Stats.of(g, list(y[gallery]))
+    shape = openset.Shape.of(stats)
+    calibration = openset.calibrate(g, list(y[gallery]), stats, shape, k=k)
+    queries = np.r_[known, absent]
+    scores = openset.Scorer(stats, shape).score(x[queries])  # each alone: no query helps another
+    s, rows = openset.knn(x[queries], g, k, np.zeros((len(queries), len(g)), bool))
+    scorer = openset.Scorer(stats, shape)
+    voted = np.array(
+        [
+            nearest_prototype(
+                x[q],
+                [Neighbor("", str(y[gallery][i]), float(v)) for v, i in zip(sr, ir, strict=True)],
+                scorer.prototype,
+                k,
+            )
+            for q, sr, ir in zip(queries, s, rows, strict=True)
+        ],
+        dtype=object,
+    )
+    is_known = np.r_[np.ones(len(known), bool), np.zeros(len(absent), bool)]
+    closed_right = is_known & (voted == y[queries])
+    threshold = calibration.threshold
+    answered = np.ones(len(queries), bool) if threshold is None else scores >= threshold
+    confidence = np.array([calibration.confidence(v) for v in scores])
+    return OpenSetRun(
+        threshold, scores, is_known, answered, closed_right & answered, confidence, closed_right
+    )

@@ -179,32 +179,3 @@ def make_miner(name: str) -> Miner | None:
     if name == "none":
         return None
     raise ValueError(f"unknown miner {name!r}; choose one of {', '.join(MINERS)}")
-
-
-def _check(ok: Tensor, what: str, where: Tensor) -> None:
-    if not bool(ok.all()):
-        bad = int(torch.where(~ok)[0][0])
-        raise AssertionError(f"{what} (first offending entry {bad}: index {int(where[bad])})")
-
-
-def _check_lengths(*tensors: Tensor) -> None:
-    lengths = {tuple(t.shape) for t in tensors}
-    if len(lengths) != 1 or any(t.dim() != 1 for t in tensors):
-        raise AssertionError(f"index tensors must be 1-D of one length, got shapes {lengths}")
-
-
-def check_triplets(labels: Tensor, a: Tensor, p: Tensor, n: Tensor) -> None:
-    """Raise ``AssertionError`` unless each (a, p, n) has a != p, label a = p and label a != n."""
-    _check_lengths(a, p, n)
-    _check(a != p, "anchor equals its positive", a)
-    _check(labels[a] == labels[p], "positive has another label than its anchor", p)
-    _check(labels[a] != labels[n], "negative has the anchor's label", n)
-
-
-def check_pairs(labels: Tensor, a1: Tensor, p: Tensor, a2: Tensor, n: Tensor) -> None:
-    """Raise ``AssertionError`` unless positive (a1, p) and negative (a2, n) pairs are valid."""
-    _check_lengths(a1, p)
-    _check_lengths(a2, n)
-    _check(a1 != p, "anchor equals its positive", a1)
-    _check(labels[a1] == labels[p], "positive has another label than its anchor", p)
-    _check(labels[a2] != labels[n], "negative has the anchor's label", n)

@@ -17,7 +17,7 @@ from retrieval.engine.transforms import EvalTransform
 from retrieval.nets.model import load_model
 from retrieval.training.train import _Images
 
-from ..conftest import run
+from ..helpers import run
 from .conftest import edit_line
 
 

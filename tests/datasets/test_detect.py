@@ -10,7 +10,7 @@ from retrieval.datasets import FORMATS, detect_format, load_dataset
 from retrieval.datasets.folders import validate_label
 from retrieval.errors import GalleryError, InputError
 
-from ..conftest import need_shared
+from ..helpers import need_shared
 from .conftest import lines
 
 FIXTURES = {

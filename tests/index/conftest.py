@@ -10,7 +10,7 @@ import pytest
 
 from index import IndexStore
 
-from .helpers import DIM, MODEL, add_items, unit_rows
+from ..helpers import DIM, MODEL, add_items, unit_rows
 
 LABELS = ["amsel", "buchfink", "kohlmeise"]
 

@@ -1,25 +1,13 @@
-"""Seeded synthetic unit vectors (random or clustered), a brute-force reference search and index-file helpers."""
+"""Helpers of the index tests: clustered unit vectors and a brute-force reference search (the
+shared ones, random unit rows and an index's files, are in tests/helpers.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sqlite3
-from contextlib import closing
-from pathlib import Path
-
 import numpy as np
 
-from index import Hit, IndexStore
+from index import Hit
 
-DIM = 16
-MODEL = {"name": "tiny", "source": "builtin:tiny", "fingerprint": "f" * 16, "dim": DIM}
-
-
-def unit_rows(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    """``n`` random float32 L2-normalised rows."""
-    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from ..helpers import DIM
 
 
 def clustered_rows(
@@ -34,20 +22,6 @@ def clustered_rows(
     x = c[which] + rng.normal(size=(n, dim)) * (noise / np.sqrt(dim))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), which
-
-
-def fake_sha(i: int) -> str:
-    return hashlib.sha256(f"item-{i}".encode()).hexdigest()
-
-
-def add_items(
-    store: IndexStore, vectors: np.ndarray, labels: list[str], start: int = 0
-) -> np.ndarray:
-    """Add ``vectors`` with the given labels and made-up paths/hashes numbered from ``start``."""
-    n = len(vectors)
-    paths = [f"/gallery/{labels[i]}/{start + i}.jpg" for i in range(n)]
-    shas = [fake_sha(start + i) for i in range(n)]
-    return store.add(vectors, labels, paths, shas)
 
 
 def brute_force(
@@ -73,36 +47,3 @@ def assert_matches_reference(
             tied_after = j + 1 < len(scores) and abs(scores[j] - scores[j + 1]) <= tol
             if not (tied_before or tied_after):
                 assert hit.id == ref_id, f"rank {j}: got id {hit.id}, expected {ref_id}"
-
-
-def db_generation(root: Path) -> int:
-    with closing(sqlite3.connect(root / "records.sqlite")) as conn:
-        return int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
-
-
-def sidecar(root: Path) -> dict:
-    return json.loads((root / "vectors.faiss.json").read_text(encoding="utf-8"))
-
-
-def logged_generations(root: Path, after: int) -> set[int]:
-    """The generations after ``after`` that the records' change log holds."""
-    with closing(sqlite3.connect(root / "records.sqlite")) as conn:
-        rows = conn.execute(
-            "SELECT DISTINCT generation FROM changes WHERE generation > ?", (after,)
-        )
-        return {int(r[0]) for r in rows}
-
-
-def cache_is_current(root: Path) -> bool:
-    """Whether the FAISS base on disk is intact and, with the records' change log after its
-    generation, gives the records of now (the log holds every generation since)."""
-    meta = sidecar(root)
-    digest = hashlib.sha256((root / "vectors.faiss").read_bytes()).hexdigest()
-    now = db_generation(root)
-    behind = set(range(meta["generation"] + 1, now + 1))
-    return meta["sha256"] == digest and logged_generations(root, meta["generation"]) == behind
-
-
-def base_is_current(root: Path) -> bool:
-    """Whether the FAISS base on disk is intact and of the records' generation (merged)."""
-    return cache_is_current(root) and sidecar(root)["generation"] == db_generation(root)

@@ -14,7 +14,7 @@ import pytest
 
 from index import IndexFormatError, VectorError, backend, plan
 
-from .helpers import unit_rows
+from ..helpers import unit_rows
 
 REPO = Path(__file__).resolve().parents[2]
 

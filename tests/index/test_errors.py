@@ -19,7 +19,7 @@ from index import (
     VectorError,
 )
 
-from .helpers import DIM, MODEL, add_items, unit_rows
+from ..helpers import DIM, MODEL, add_items, unit_rows
 
 
 def _snapshot(store: IndexStore, root: Path) -> tuple:

@@ -14,15 +14,8 @@ from index import IndexFormatError, IndexStore, backend, plan
 from index.cache import FaissCache
 from index.check import check_index, repair_index
 
-from .helpers import (
-    DIM,
-    MODEL,
-    add_items,
-    assert_matches_reference,
-    brute_force,
-    cache_is_current,
-    clustered_rows,
-)
+from ..helpers import DIM, MODEL, add_items, cache_is_current
+from .helpers import assert_matches_reference, brute_force, clustered_rows
 
 N = 3000
 TYPES = ("flat", "ivf", "compact")

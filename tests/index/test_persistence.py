@@ -19,19 +19,18 @@ import pytest
 
 from index import IndexStore, live
 
-from .helpers import (
+from ..helpers import (
     DIM,
     MODEL,
     add_items,
-    assert_matches_reference,
     base_is_current,
-    brute_force,
     cache_is_current,
     db_generation,
     logged_generations,
     sidecar,
     unit_rows,
 )
+from .helpers import assert_matches_reference, brute_force
 
 REPO = Path(__file__).resolve().parents[2]
 

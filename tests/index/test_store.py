@@ -11,15 +11,8 @@ import pytest
 
 from index import FORMAT_VERSION, IndexStore, IndexStoreError, Item
 
-from .helpers import (
-    DIM,
-    MODEL,
-    add_items,
-    assert_matches_reference,
-    brute_force,
-    fake_sha,
-    unit_rows,
-)
+from ..helpers import DIM, MODEL, add_items, fake_sha, unit_rows
+from .helpers import assert_matches_reference, brute_force
 
 
 def test_create_writes_manifest(store: IndexStore, root: Path) -> None:
@@ -376,3 +369,34 @@ def test_notes_are_kept_beside_the_records_without_changing_them(store: IndexSto
         store.set_note("generation", 3)
     with pytest.raises(ValueError):
         store.set_note("x", float("nan"))
+
+
+def test_find_and_vectors_of_some_items(filled) -> None:
+    store, _, added, labels = filled
+    amsel = store.find(label="amsel")
+    assert len(amsel) == labels.count("amsel")
+    assert amsel and all(i.label == "amsel" for i in amsel)
+    ids, vectors = store.vectors([amsel[1].id, amsel[0].id, 10**9])
+    assert ids.tolist() == [amsel[0].id, amsel[1].id]
+    all_ids, all_vectors = store.vectors()
+    assert np.array_equal(vectors, all_vectors[np.isin(all_ids, ids)])
+    assert np.allclose(all_vectors, added)
+    items, rows = store.labelled_vectors()
+    assert [i.id for i in items] == all_ids.tolist() and np.array_equal(rows, all_vectors)
+    (one,) = store.find(path=amsel[0].path)
+    assert one == amsel[0]
+    before = store.generation
+    store.remove_ids([one.id])
+    assert store.generation == before + 1 and store.find(path=one.path) == []
+
+
+def test_temp_files_of_state_kept_beside_the_index_go_with_the_next_writer(store: IndexStore):
+    """A writer killed while replacing a file its users keep beside the index (the open-set
+    state, say) leaves `.NAME.RANDOM.tmp`: the next writer removes it, and leaves the rest."""
+    left = store.path / ".openset.npz.k1ll3d.tmp"
+    left.write_bytes(b"half a file")
+    kept = store.path / "openset.npz"
+    kept.write_bytes(b"state")
+    with store.writing():
+        pass
+    assert not left.exists() and kept.read_bytes() == b"state"

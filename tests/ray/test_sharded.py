@@ -12,8 +12,7 @@ import pytest
 import retrieval
 from retrieval.indexing.shards import SHARDS_FILE, shard_dirs
 
-from ..reliability.conftest import write_images
-from .conftest import answers, gallery_queries, run, same_answers, shard_sizes
+from ..helpers import answers, gallery_queries, run, same_answers, shard_sizes, write_images
 
 pytestmark = pytest.mark.slow
 

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import retrieval
-from index import IndexLockedError, IndexStore, sha256_file
-from retrieval.faces.cli import main
+from index import IndexLockedError, IndexStore, aside_name, sha256_file
 from retrieval.indexing.build import build_index, staging_dir
 from retrieval.nets.model import load_model, save_model_dir
 
-from ..conftest import write_image
-from .conftest import hold_lock, stray_files, write_gallery, write_images
+from ..helpers import run, write_gallery, write_image, write_images
+from .helpers import hold_lock, stray_files
 
 N_LABELS, PER_LABEL = 3, 200  # 600 images: two whole chunks of 256 and a rest of 88
 
@@ -183,32 +181,25 @@ def test_a_second_build_into_the_same_index_is_refused(gallery: Path, tmp_path: 
     assert not target.exists()
 
 
-def test_stray_folders_of_earlier_builds_are_reported_and_removed(tmp_path: Path):
+def test_a_parked_old_index_is_reported_and_removed(tmp_path: Path):
+    """A swap by three renames (no renameat2) cut short before its last one leaves the old index
+    parked beside the new one: check notes it (and a resumable staging folder beside it), check
+    --repair and the next build-index remove it and keep the staging folder."""
     gallery = write_gallery(tmp_path / "g", 2, 3)
     target = tmp_path / "idx"
     build_index(gallery, target, model="tiny")
-    dead = 2**22 + 12345  # above the default pid_max: no such process
-    leftovers = [tmp_path / f".idx.building-{dead}", tmp_path / f".idx.old-{dead}"]
-    for folder in leftovers:
-        folder.mkdir()
-        (folder / "records.sqlite").write_bytes(b"half")
+    parked = aside_name(target)
+    shutil.copytree(target, parked)
     with IndexStore.create(staging_dir(target), 4, {"name": "x"}):
         pass
-    out = CliRunner().invoke(main, ["check", "--index", str(target)])
-    assert out.exit_code == 0, out.output
-    assert (
-        sum(
-            f"note: {folder} was left by an interrupted build-index" in out.output
-            for folder in leftovers
-        )
-        == 2
-    )
-    assert f"note: {staging_dir(target)} holds an interrupted build-index" in out.output
-    fixed = CliRunner().invoke(main, ["check", "--index", str(target), "--repair"])
-    assert fixed.exit_code == 0, fixed.output
-    assert not any(folder.exists() for folder in leftovers)
+    out = run("check", "--index", target).output
+    assert f"note: {parked} was left by an interrupted build-index" in out
+    assert f"note: {staging_dir(target)} holds an interrupted build-index" in out
+    fixed = run("check", "--index", target, "--repair").output
+    assert f"repaired: removed {parked}" in fixed
+    assert not parked.exists()
     assert staging_dir(target).exists()
-    (tmp_path / f".idx.building-{dead}").mkdir()
+    shutil.copytree(target, parked)
     build_index(gallery, target, model="tiny", force=True)
     assert stray_files(tmp_path) == []
 

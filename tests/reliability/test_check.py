@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import Result
 
 from index import backend
 from index.cache import TRAILER_BYTES
-from retrieval.faces.cli import main
 from retrieval.indexing.build import build_index
 
-from ..conftest import COLORS, write_image
-from ..index.helpers import db_generation, sidecar
+from ..helpers import COLORS, db_generation, run, sidecar, write_image
 
 Fault = Callable[[Path], None]
 
@@ -43,8 +41,8 @@ def index(pristine: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "idx"))
 
 
-def check(index: Path, *flags: str):
-    return CliRunner().invoke(main, ["check", "--index", str(index), *flags])
+def check(index: Path, *flags: str) -> Result:
+    return run("check", "--index", index, *flags, ok=False)
 
 
 def files(index: Path) -> dict[str, bytes]:
@@ -224,8 +222,7 @@ def test_states_that_heal_themselves_are_notes(index: Path, tmp_path: Path):
     a base file its sidecar does not describe (a merge killed between its two renames) and a
     temp file (a writer killed mid-rewrite) leave the index usable: check notes them, exit 0;
     repair clears them."""
-    runner = CliRunner()
-    assert runner.invoke(main, ["remove", "--index", str(index), "--label", "red"]).exit_code == 0
+    run("remove", "--index", index, "--label", "red")
     assert sidecar(index)["generation"] < db_generation(index)
     assert check(index).output.splitlines() == ["index OK: 8 items, 2 labels"]
     old_sidecar = (index / "vectors.faiss.json").read_bytes()
@@ -254,8 +251,7 @@ def test_a_base_the_log_no_longer_reaches_is_a_note(index: Path, tmp_path: Path)
     """An older base (copied back, or a writer that kept no log) whose generation the change log
     does not reach back to: a note, and the next open rebuilds it."""
     old = {n: (index / n).read_bytes() for n in ("vectors.faiss", "vectors.faiss.json")}
-    runner = CliRunner()
-    assert runner.invoke(main, ["remove", "--index", str(index), "--label", "red"]).exit_code == 0
+    run("remove", "--index", index, "--label", "red")
     assert check(index, "--repair").exit_code == 0  # a new base: the log before it is dropped
     for name, data in old.items():
         (index / name).write_bytes(data)

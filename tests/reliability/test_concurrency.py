@@ -17,8 +17,8 @@ import pytest
 from index import IndexStore
 from retrieval.indexing.build import build_index
 
-from ..conftest import write_image
-from .conftest import COMMAND_ENV, palette, record, retrieve, retrieve_exe, write_gallery
+from ..helpers import COMMAND_ENV, palette, record, retrieve_exe, write_gallery, write_image
+from .helpers import retrieve
 
 # Subprocess-heavy (minutes): run with the reliability folder, not in the quick suite.
 pytestmark = pytest.mark.slow
@@ -55,7 +55,15 @@ def _command_loop(root: Path, image: Path, stop: threading.Event, seen: dict[str
             assert done.returncode == 0, done.stderr
             answer = json.loads(done.stdout)
             if args[0] == "query":
-                assert set(answer) == {"query", "label", "confidence", "neighbors"}
+                assert set(answer) == {
+                    "query",
+                    "label",
+                    "confidence",
+                    "vote_share",
+                    "decision",
+                    "unknown_because",
+                    "neighbors",
+                }
                 assert len(answer["neighbors"]) == K
                 seen["queries"] += 1
             else:

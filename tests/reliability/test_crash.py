@@ -43,15 +43,15 @@ from retrieval.indexing.build import build_index, staging_dir
 from retrieval.indexing.ingest import CHUNK
 from retrieval.nets.model import load_model
 
-from ..index.helpers import cache_is_current
-from .conftest import (
+from ..helpers import (
     COMMAND_ENV,
+    cache_is_current,
     record,
     retrieve_exe,
-    stray_files,
     write_gallery,
     write_images,
 )
+from .helpers import stray_files
 
 # Subprocess-heavy (minutes): run with the reliability folder, not in the quick suite.
 pytestmark = pytest.mark.slow

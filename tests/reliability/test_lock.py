@@ -3,22 +3,23 @@ forked holder never keeps it, and searches see one consistent state while others
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from index import IndexLockedError, IndexStore, IndexStoreError, live
+from index import Hit, IndexLockedError, IndexStore, IndexStoreError, build_faiss, live
 from index.fsutil import exchange
 from index.lock import writer_lock
 
-from ..index.helpers import DIM, MODEL, add_items, base_is_current, cache_is_current, unit_rows
-from .conftest import hold_lock, python
+from ..helpers import DIM, MODEL, add_items, base_is_current, cache_is_current, unit_rows
+from .helpers import hold_lock, python
 
 
 @pytest.fixture
@@ -87,14 +88,12 @@ def test_killed_holder_leaves_the_lock_free(root: Path) -> None:
         assert len(store.remove_label("l0")) == 5
 
 
-def _sleep(seconds: float) -> None:
-    time.sleep(seconds)
-
-
 def test_forked_children_do_not_keep_the_lock(root: Path) -> None:
     lock = writer_lock(root)
     assert lock.acquire(timeout=1)
-    child = multiprocessing.get_context("fork").Process(target=_sleep, args=(5,))
+    fork = multiprocessing.get_context("fork")
+    done = fork.Event()
+    child = fork.Process(target=done.wait, args=(60,))  # alive until the test ends
     child.start()
     lock.release()
     try:
@@ -109,7 +108,7 @@ def test_forked_children_do_not_keep_the_lock(root: Path) -> None:
         assert probe.wait(timeout=30) == 0, "the forked child still holds the writer lock"
         assert child.is_alive()
     finally:
-        child.terminate()
+        done.set()
         child.join()
 
 
@@ -163,56 +162,36 @@ def test_search_sees_one_state_while_another_process_writes(root: Path) -> None:
     assert searches >= 10
 
 
-def _open(root: Path, out: list) -> None:
-    with IndexStore.open(root):
-        out.append(True)
-
-
-class _Seen(logging.Handler):
-    """Sets ``event`` when the index package logs a message containing ``text``."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(logging.INFO)
-        self.text = text
-        self.event = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
-            self.event.set()
-
-
 def test_a_reader_never_writes_an_older_cache_over_a_newer_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reader rebuilds an unusable base from its snapshot; a writer commits and rewrites the
     base while that rebuild runs: the reader's older copy must not replace the writer's (whose
-    merge dropped the log the older one would need)."""
-    root = tmp_path / "big"
-    n, dim = 200_000, 2  # many rows make the rebuild slow; few dimensions keep the write quick
-    with IndexStore.create(root, dim, MODEL, index_type="flat") as writer:
-        writer.add(unit_rows(n, dim, seed=1), ["a"] * n, ["/a.jpg"] * n, ["a"] * n)
-        writer.rebuild_cache()
+    merge dropped the log the older one would need). The reader is held inside its rebuild (in
+    its FAISS builder, which gets the snapshot) until the writer has committed."""
+    with IndexStore.open(root) as writer, IndexStore.open(root, lazy=True) as reader:
         (root / "vectors.faiss.json").unlink()  # as if a merge had been killed before its sidecar
-        stale = _Seen("rebuilding it from the records")
-        logger = logging.getLogger("index")
-        logger.addHandler(stale)
-        level = logger.level
-        logger.setLevel(logging.INFO)
+        in_rebuild, committed = threading.Event(), threading.Event()
+
+        def held_build(layout: Any, ids: np.ndarray, vectors: np.ndarray) -> Any:
+            in_rebuild.set()
+            assert committed.wait(timeout=30)
+            return build_faiss(layout, ids, vectors)
+
+        reader._builder = held_build
+        hits: list[list[Hit]] = []
+        searching = threading.Thread(
+            target=lambda: hits.extend(reader.search(unit_rows(1, seed=5), 3))
+        )
+        searching.start()
         try:
-            done: list[bool] = []
-            opening = threading.Thread(target=_open, args=(root, done))
-            opening.start()
-            assert stale.event.wait(timeout=30)  # the reader now rebuilds from a snapshot
-            time.sleep(0.03)  # that it has taken by now (it reads for far longer)
+            assert in_rebuild.wait(timeout=30)  # the reader's snapshot holds 20 items
             monkeypatch.setattr(live, "MERGE_AT_MOST", 0)  # the writer's next write merges
-            writer.add(unit_rows(1, dim, seed=3), ["c"], ["/c.jpg"], ["c"])
-            wrote_while_rebuilding = opening.is_alive()
-            opening.join()
+            add_items(writer, unit_rows(1, seed=3), ["c"], start=20)
         finally:
-            logger.removeHandler(stale)
-            logger.setLevel(level)
-    assert done == [True]
-    assert wrote_while_rebuilding
+            committed.set()
+            searching.join()
+    assert [len(row) for row in hits] == [3]
     assert base_is_current(root)
 
 

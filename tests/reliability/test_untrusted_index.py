@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from retrieval.faces.cli import main
 from retrieval.indexing.build import build_index
 from retrieval.nets.model import load_model, save_model_dir
 
-from ..conftest import COLORS, write_image
+from ..helpers import COLORS, run, write_image
 
 Tamper = Callable[[Path], None]
 
@@ -43,10 +41,6 @@ def index(pristine: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
     return write_image(tmp_path / "q.png", COLORS["red"], seed=99)
-
-
-def cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def commands(index: Path, image: Path) -> dict[str, list[object]]:
@@ -151,7 +145,7 @@ MANIFEST_CASES: dict[str, Tamper] = {
 def test_tampered_records_give_one_line_naming_the_file(index: Path, image: Path, case: str):
     RECORDS_CASES[case](index)
     for name, args in commands(index, image).items():
-        result = cli(*args)
+        result = run(*args, ok=False)
         if case == "pages overwritten" and name == "info" and result.exit_code == 0:
             continue  # counting may read only the intact pages; every other command fails
         assert_one_line_error(result, "records.sqlite")
@@ -161,7 +155,9 @@ def test_tampered_records_give_one_line_naming_the_file(index: Path, image: Path
 def test_tampered_manifest_gives_one_line_naming_the_file(index: Path, image: Path, case: str):
     MANIFEST_CASES[case](index)
     for args in commands(index, image).values():
-        assert_one_line_error(cli(*args), "manifest.json" if case != "dim changed" else "records")
+        assert_one_line_error(
+            run(*args, ok=False), "manifest.json" if case != "dim changed" else "records"
+        )
 
 
 def without_onnx(index: Path) -> Path:
@@ -190,14 +186,14 @@ def test_tampered_exported_network_gives_one_line(index: Path, image: Path, case
     tamper, name = ONNX_CASES[case]
     tamper(index)
     for command in ("query", "enroll"):
-        assert_one_line_error(cli(*commands(index, image)[command]), name)
+        assert_one_line_error(run(*commands(index, image)[command], ok=False), name)
 
 
 def test_exported_network_answers_without_the_model_source(index: Path, image: Path):
     """The index's own network is what answers: its source entry is not even read."""
-    before = json.loads(cli(*commands(index, image)["query"]).output)
+    before = json.loads(run(*commands(index, image)["query"]).output)
     edit_manifest(**{"model.source": {"kind": "dir", "path": "/nowhere"}})(index)
-    after = json.loads(cli(*commands(index, image)["query"]).output)
+    after = json.loads(run(*commands(index, image)["query"]).output)
     assert after == before and after["label"] == "red"
 
 
@@ -215,20 +211,20 @@ def test_tampered_model_entry_gives_one_line_naming_the_manifest(
 ):
     edit_manifest(**{"model.source": source})(without_onnx(index))
     for name in ("query", "enroll"):
-        assert_one_line_error(cli(*commands(index, image)[name]), "manifest.json")
+        assert_one_line_error(run(*commands(index, image)[name], ok=False), "manifest.json")
 
 
 def test_model_entry_pointing_elsewhere_is_refused(index: Path, image: Path, tmp_path: Path):
     without_onnx(index)
     edit_manifest(**{"model.source": {"kind": "dir", "path": str(tmp_path / "nowhere")}})(index)
-    assert_one_line_error(cli(*commands(index, image)["query"]), "nowhere")
+    assert_one_line_error(run(*commands(index, image)["query"], ok=False), "nowhere")
     net = load_model("tiny").net
     with torch.no_grad():
         next(net.parameters()).add_(0.01)  # another network that loads just as well
     folder = save_model_dir(net, tmp_path / "other").parent
     edit_manifest(**{"model.source": {"kind": "dir", "path": str(folder)}})(index)
     for name in ("query", "enroll"):
-        result = cli(*commands(index, image)[name])
+        result = run(*commands(index, image)[name], ok=False)
         assert_one_line_error(result, str(index))
         assert "was built with model tiny" in result.output
 
@@ -236,10 +232,9 @@ def test_model_entry_pointing_elsewhere_is_refused(index: Path, image: Path, tmp
 def test_labels_stored_with_another_type_still_read_as_text(index: Path, image: Path):
     sql(index, "UPDATE items SET label = CAST(label AS BLOB) WHERE id = 1")
     sql(index, "UPDATE items SET path = 12345 WHERE id = 2")
-    out = cli("query", image, "--index", index, "-k", "12", "--json")
-    assert out.exit_code == 0, out.output
+    out = run("query", image, "--index", index, "-k", "12", "--json")
     neighbors = json.loads(out.output)["neighbors"]
     assert len(neighbors) == 9
     assert all(isinstance(n["label"], str) and isinstance(n["path"], str) for n in neighbors)
-    info = json.loads(cli("info", "--index", index, "--json").output)
+    info = json.loads(run("info", "--index", index, "--json").output)
     assert info["labels"] == {"blue": 3, "green": 3, "red": 3}

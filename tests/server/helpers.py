@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from retrieval.faces.server import create_app
-from retrieval.indexing.build import build_index
-
-from ..conftest import COLORS, write_image
-
-
-def build_tiny_index(root: Path) -> Path:
-    """Three colour classes x 4 images under ``root/gallery``, indexed with the tiny model into
-    ``root/index``; returns the index folder."""
-    for ci, (label, color) in enumerate(COLORS.items()):
-        for j in range(4):
-            write_image(root / "gallery" / label / f"{j}.png", color, seed=ci * 10 + j)
-    build_index(root / "gallery", root / "index", model="tiny")
-    return root / "index"
-
-
-def copy_index(index: Path, dest: Path) -> Path:
-    """A copy of an index folder, for a test that changes it."""
-    shutil.copytree(index, dest)
-    return dest
 
 
 @contextmanager
@@ -57,3 +41,48 @@ def running(index: Path, **options: float) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_process(
+    index: Path, *options: str, log: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``retrieve serve --index INDEX OPTIONS`` as a process of its own on a free loopback port,
+    once it answers /health: (the process, its base URL). The caller stops it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "retrieval",
+            "serve",
+            "--index",
+            str(index),
+            "--port",
+            str(port),
+            *options,
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if log is None else log.open("wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    server.kill()
+    server.wait()
+    raise RuntimeError(f"retrieve serve --index {index} did not start")

@@ -12,23 +12,14 @@ import threading
 from pathlib import Path
 
 import httpx
-from click.testing import CliRunner
 from PIL import Image
 
-from retrieval.faces.cli import main
 from retrieval.indexing.build import build_index
 
-from ..conftest import COLORS, write_image
+from ..helpers import COLORS, run, write_image
 from .helpers import running
 
 PURPLE = (150, 30, 200)
-
-
-def cli(*args: str | Path, ok: bool = True) -> str:
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result.output
 
 
 def post_image(client: httpx.Client, url: str, path: Path, **params: object) -> httpx.Response:
@@ -49,7 +40,7 @@ def test_query_equals_the_cli_json(built: Path, tmp_path: Path, monkeypatch):
         served = response.json()
     monkeypatch.chdir(q.parent)
     expected = json.loads(
-        cli("query", q.name, "--index", built, "-k", "3", "--min-score", "0.5", "--json")
+        run("query", q.name, "--index", built, "-k", "3", "--min-score", "0.5", "--json").output
     )
     assert served == expected
     assert served["query"] == "red query.png" and served["label"] == "red"
@@ -84,7 +75,7 @@ def test_enroll_query_delete(index: Path, tmp_path: Path):
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert max(Image.open(io.BytesIO(thumb.content)).size) <= 160
 
-        r = client.delete(f"{url}/items", params={"label": "purple"})
+        r = client.delete(f"{url}/labels", params={"label": "purple"})
         assert r.status_code == 200 and r.json()["removed"] == 3
         assert not any(p.exists() for p in kept)
         assert "purple" not in client.get(f"{url}/labels").json()
@@ -95,8 +86,8 @@ def test_enroll_query_delete(index: Path, tmp_path: Path):
         assert r.status_code == 200 and r.json()["removed"] == 1
         assert Path(answer_path).is_file()  # a gallery photo is never deleted, only its item
         assert sum(client.get(f"{url}/labels").json().values()) == 11
-        assert client.delete(f"{url}/items", params={"label": "nope"}).status_code == 422
-    assert "index OK: 11 items" in cli("check", "--index", index)
+        assert client.delete(f"{url}/labels", params={"label": "nope"}).status_code == 404
+    assert "index OK: 11 items" in run("check", "--index", index).output
 
 
 def test_labels_health_docs(built: Path):
@@ -165,7 +156,8 @@ def test_concurrent_queries_during_enrolment(index: Path, tmp_path: Path):
     def client_loop(url: str, probe: Path, label: str) -> None:
         with httpx.Client(timeout=60) as client:
             while not stop.is_set():
-                r = post_image(client, f"{url}/query", probe)
+                # the closed-set answer: concurrency is tested here, not the open-set rule
+                r = post_image(client, f"{url}/query", probe, min_score=0)
                 if r.status_code != 200 or r.json()["label"] != label:
                     failures.append(f"{r.status_code} {r.text}")
                 answered[0] += 1
@@ -185,7 +177,7 @@ def test_concurrent_queries_during_enrolment(index: Path, tmp_path: Path):
         assert client.get(f"{url}/labels").json()["purple"] == 12
     assert not failures, failures[:3]
     assert answered[0] >= len(threads)
-    assert "index OK: 24 items" in cli("check", "--index", index)
+    assert "index OK: 24 items" in run("check", "--index", index).output
 
 
 def test_an_enrolment_by_another_process_is_seen(index: Path, tmp_path: Path):
@@ -216,13 +208,13 @@ def test_an_enrolment_by_another_process_is_seen(index: Path, tmp_path: Path):
 def test_serve_without_the_extra_says_so(built: Path, monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)
     monkeypatch.delitem(sys.modules, "retrieval.faces.server", raising=False)
-    result = CliRunner().invoke(main, ["serve", "--index", str(built)])
+    result = run("serve", "--index", built, ok=False)
     assert result.exit_code == 1
     assert "needs the 'serve' extra (fastapi is not installed)" in result.output
 
 
 def test_serve_refuses_a_folder_that_is_not_an_index(tmp_path: Path):
-    result = CliRunner().invoke(main, ["serve", "--index", str(tmp_path / "none")])
+    result = run("serve", "--index", tmp_path / "none", ok=False)
     assert result.exit_code == 1
     assert "is not an index" in result.output
 
@@ -240,4 +232,4 @@ def test_an_index_rebuilt_in_place_is_reopened(index: Path, tmp_path: Path):
         assert post_image(client, f"{url}/query", probe).json()["label"] == "purple"
         r = enroll(client, url, "green", write_image(tmp_path / "g.png", COLORS["green"], seed=7))
         assert r.status_code == 200 and r.json()["count"] == 1
-    assert "index OK: 7 items" in cli("check", "--index", index)
+    assert "index OK: 7 items" in run("check", "--index", index).output

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..conftest import COLORS, write_image
+from ..helpers import COLORS, write_image
 from .helpers import running
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -85,10 +85,46 @@ def test_the_page_answers_a_photo_and_enrols_one(browser, index: Path, tmp_path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "web-query.png"))
 
-        assert answer_for(purple) != "purple"
+        assert answer_for(purple) == "unknown"  # no purple in the index: unknown by default
+        said = browser.find_element(By.ID, "answer-confidence").text
+        assert said.startswith("(like no label of this index; nearest: ")
+        assert browser.find_element(By.ID, "enroll-title").text.startswith("New here?")
+        assert browser.save_screenshot(str(ARTIFACTS / "web-unknown.png"))
         browser.find_element(By.ID, "enroll-label").send_keys("purple")
         browser.find_element(By.ID, "enroll-button").click()
         status = browser.find_element(By.ID, "enroll-status")
         wait.until(lambda _: status.text not in ("", "enrolling…"))
         assert status.text == "enrolled as “purple”; it now has 1 photos"
         assert httpx.get(f"{url}/labels").json()["purple"] == 1
+
+
+def test_the_page_asks_for_the_token_once(browser, index: Path, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    shots = [write_image(tmp_path / f"p{i}.png", (150, 30, 200), seed=990 + i) for i in range(2)]
+
+    def enrol(photo: Path, *, token: str | None) -> str:
+        browser.find_element(By.ID, "file").send_keys(str(photo))
+        label = browser.find_element(By.ID, "answer-label")
+        wait.until(lambda _: label.text not in ("", "…"))
+        field = browser.find_element(By.ID, "enroll-label")
+        field.clear()
+        field.send_keys("purple")
+        browser.find_element(By.ID, "enroll-button").click()
+        if token is not None:
+            prompt = wait.until(expected_conditions.alert_is_present())
+            assert "access token" in prompt.text
+            prompt.send_keys(token)
+            prompt.accept()
+        status = browser.find_element(By.ID, "enroll-status")
+        wait.until(lambda _: status.text not in ("", "enrolling…"))
+        return status.text
+
+    with running(index, token="s3cret-token") as url:
+        browser.get(url)
+        assert enrol(shots[0], token="s3cret-token") == "enrolled as “purple”; it now has 1 photos"
+        assert enrol(shots[1], token=None) == "enrolled as “purple”; it now has 2 photos"
+        assert httpx.get(f"{url}/labels").json()["purple"] == 2

@@ -3,8 +3,22 @@
 const $ = (id) => document.getElementById(id);
 let photo = null; // the File being shown
 
-async function call(method, url, body) {
-  const response = await fetch(url, { method, body });
+const TOKEN_KEY = "retrieve-token";
+let token = sessionStorage.getItem(TOKEN_KEY); // asked once, kept for this tab's session
+
+async function call(method, url, body, asked = false) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(url, { method, body, headers });
+  if (response.status === 401 && !asked) {
+    const given = window.prompt(
+      "This service needs its access token to change the index (retrieve serve --token):",
+    );
+    if (given && given.trim()) {
+      token = given.trim();
+      sessionStorage.setItem(TOKEN_KEY, token);
+      return call(method, url, body, true);
+    }
+  }
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
     const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
@@ -56,9 +70,17 @@ async function ask(file) {
   form.append("file", file, file.name);
   try {
     const r = await call("POST", "/query?k=5", form);
+    const nearest = [...new Set(r.neighbors.map((n) => n.label))].slice(0, 3).join(", ");
     $("answer-label").textContent = r.label === null ? "unknown" : r.label;
-    $("answer-confidence").textContent =
-      r.label === null ? "(nothing close enough)" : `(confidence ${r.confidence.toFixed(2)})`;
+    if (r.label === null) {
+      $("answer-confidence").textContent = nearest
+        ? `(like no label of this index; nearest: ${nearest})`
+        : "(the index is empty)";
+      $("enroll-title").textContent = "New here? Enrol this photo under a new label";
+    } else {
+      $("answer-confidence").textContent = `(confidence ${r.confidence.toFixed(2)})`;
+      $("enroll-title").textContent = "Enrol this photo";
+    }
     showNeighbors(r.neighbors);
   } catch (e) {
     $("answer-label").textContent = "—";

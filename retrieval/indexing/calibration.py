@@ -1,0 +1,228 @@
+"""The open-set state of an index (retrieval/engine/openset.py): the gallery's statistics, their
+covariance shape and the calibration (the "unknown" threshold and the confidence), kept in
+``INDEX/openset.npz`` beside the records, like the FAISS cache: derived data, named by the
+generation of every store it was made from, rebuilt from the records whenever it does not match
+them. The settings it is calibrated for (``known_accept``, ``absent_share``) are a note kept with
+the records of the (first) store, so that a rebuild keeps them.
+
+Each enrolment or removal follows its commit (under the store's writer lock) with an O(d^2) update
+of the statistics per item; the shape and the calibration are refitted when a twentieth of the
+items or labels changed since they were (``refresh``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index import IndexStore, atomic_write_bytes, writer_lock
+from retrieval.engine.openset import (
+    ABSENT_SHARE,
+    KNOWN_ACCEPT,
+    Calibration,
+    Scorer,
+    Shape,
+    Stats,
+    calibrate,
+)
+from retrieval.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FILE = "openset.npz"
+NOTE = "open_set"
+
+
+@dataclass
+class OpenSet:
+    """The open-set state of an index at ``generations`` (one per store)."""
+
+    stats: Stats
+    shape: Shape
+    calibration: Calibration
+    generations: tuple[int, ...]
+
+    @cached_property
+    def scorer(self) -> Scorer:
+        return Scorer(self.stats, self.shape)
+
+    def to_bytes(self) -> bytes:
+        out = io.BytesIO()
+        meta = {"generations": list(self.generations), "calibration": self.calibration.to_json()}
+        np.savez(
+            out,
+            meta=np.array(json.dumps(meta)),
+            **self.stats.to_arrays(),
+            **self.shape.to_arrays(),
+        )
+        return out.getvalue()
+
+    @classmethod
+    def from_file(cls, path: Path) -> OpenSet:
+        with np.load(path, allow_pickle=False) as arrays:
+            meta = json.loads(str(arrays["meta"]))
+            return cls(
+                Stats.from_arrays(arrays),
+                Shape.from_arrays(arrays),
+                Calibration.from_json(meta["calibration"]),
+                tuple(int(g) for g in meta["generations"]),
+            )
+
+
+def settings(stores: Sequence[IndexStore]) -> tuple[float, float]:
+    """(known_accept, absent_share) the index is calibrated for."""
+    note = stores[0].note(NOTE)
+    if isinstance(note, dict):
+        known = note.get("known_accept", KNOWN_ACCEPT)
+        absent = note.get("absent_share", ABSENT_SHARE)
+        if isinstance(known, float) and isinstance(absent, float):
+            return known, absent
+    return KNOWN_ACCEPT, ABSENT_SHARE
+
+
+def check_settings(known_accept: float | None, absent_share: float | None) -> None:
+    if known_accept is not None and not 0.5 <= known_accept < 1:
+        raise InputError(f"--known-accept must be at least 0.5 and below 1, not {known_accept}")
+    if absent_share is not None and not 0 <= absent_share < 1:
+        raise InputError(f"--absent-share must be at least 0 and below 1, not {absent_share}")
+
+
+def _generations(stores: Sequence[IndexStore]) -> tuple[int, ...]:
+    return tuple(s.generation for s in stores)
+
+
+def _read(root: Path) -> OpenSet | None:
+    path = root / FILE
+    try:
+        return OpenSet.from_file(path)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a damaged or foreign file: derived data, made anew
+        log.warning("%s cannot be used (%s); making it anew from the records", path, exc)
+        return None
+
+
+def _write(root: Path, state: OpenSet) -> None:
+    try:
+        atomic_write_bytes(root / FILE, state.to_bytes())
+    except OSError as exc:
+        log.warning("could not write %s (%s); it is made anew when next needed", root / FILE, exc)
+
+
+def _fit(stores: Sequence[IndexStore], stats: Stats | None = None) -> OpenSet:
+    """The state made from every item of the stores (one snapshot of each)."""
+    generations = _generations(stores)
+    labels: list[str] = []
+    parts = []
+    for store in stores:
+        items, vectors = store.labelled_vectors()
+        labels += [i.label for i in items]
+        parts.append(vectors)
+    vectors = np.concatenate(parts) if parts else np.zeros((0, stores[0].dim), np.float32)
+    stats = Stats.of(vectors, labels) if stats is None else stats
+    shape = Shape.of(stats)
+    known_accept, absent_share = settings(stores)
+    calibration = calibrate(
+        vectors, labels, stats, shape, known_accept=known_accept, absent_share=absent_share
+    )
+    return OpenSet(stats, shape, calibration, generations)
+
+
+def load(root: Path, stores: Sequence[IndexStore]) -> OpenSet:
+    """The state of the stores now: from ``root/openset.npz`` if it was made at their
+    generations, else made from the records (and kept, if no writer holds ``root``)."""
+    state = _read(root)
+    if state is not None and state.generations == _generations(stores):
+        return state
+    state = _fit(stores)
+    lock = writer_lock(root)
+    if lock.acquire(timeout=0):
+        try:
+            if state.generations == _generations(stores):
+                _write(root, state)
+        finally:
+            lock.release()
+    return state
+
+
+def follow(
+    root: Path,
+    stores: Sequence[IndexStore],
+    store: IndexStore,
+    before: int,
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    sign: int,
+) -> None:
+    """After a commit to ``store`` (its generation was ``before``; its writer lock is held):
+    the statistics follow the items added (``sign`` 1) or removed (-1), if the kept state was
+    that of the stores before the commit; else it is left to be made anew."""
+    with writer_lock(root).held():
+        state = _read(root)
+        now = _generations(stores)
+        then = tuple(before if s is store else g for s, g in zip(stores, now, strict=True))
+        if state is None or state.generations != then:
+            return
+        state.stats.update(vectors, labels, sign)
+        state.generations = now
+        _write(root, state)
+
+
+def refresh(root: Path, stores: Sequence[IndexStore]) -> OpenSet:
+    """After writes (a writer lock held): the kept state brought up to date — the shape and the
+    calibration refitted if the items or labels changed by more than a twentieth since they
+    were (REFIT_FRACTION), or all of it made anew if it does not match the records."""
+    with writer_lock(root).held():
+        state = _read(root)
+        if state is None or state.generations != _generations(stores):
+            state = _fit(stores)
+        elif state.calibration.stale(state.stats) or state.shape.stale(state.stats):
+            state = _fit(stores, state.stats)
+        else:
+            return state
+        _write(root, state)
+        return state
+
+
+def recalibrate(
+    root: Path,
+    stores: Sequence[IndexStore],
+    *,
+    known_accept: float | None = None,
+    absent_share: float | None = None,
+) -> OpenSet:
+    """Calibrate anew, for new settings if given (kept with the records)."""
+    check_settings(known_accept, absent_share)
+    with stores[0].writing(), writer_lock(root).held():  # store, then root: as every writer
+        known, absent = settings(stores)
+        stores[0].set_note(
+            NOTE,
+            {
+                "known_accept": float(known if known_accept is None else known_accept),
+                "absent_share": float(absent if absent_share is None else absent_share),
+            },
+        )
+        state = _fit(stores)
+        _write(root, state)
+        return state
+
+
+def describe(state: OpenSet) -> dict[str, Any]:
+    """What ``info`` shows of it."""
+    c = state.calibration
+    return {
+        "method": "relative-mahalanobis",
+        "threshold": c.threshold,
+        "known_accept": c.known_accept,
+        "absent_share": c.absent_share,
+        "calibrated_on": {"items": c.n, "labels": c.classes},
+        "probes": c.probes,
+    }
