@@ -546,6 +546,11 @@ class RecordDB:
     def iter_vectors(self, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Batches of (ids, vectors) of every item in id order (call inside ``reading`` for one
         snapshot); IndexFormatError for a vector of the wrong length or not finite."""
+        for ids, _, vectors in self.iter_labelled(dim):
+            yield ids, vectors
+
+    def iter_labelled(self, dim: int) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
+        """Batches of (ids, labels, vectors) of every item in id order, as ``iter_vectors``."""
         try:
             yield from self._iter_vectors(dim)
         except sqlite3.ProgrammingError:
@@ -604,20 +609,20 @@ class RecordDB:
 
     def _iter_vectors(
         self, dim: int, ids: Sequence[int] | None = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Batches of (ids int64, vectors float32 (b, dim)) in id order (of every item, or of
-        those of ``ids`` that exist); IndexFormatError for a vector of the wrong length or
-        holding NaN or infinity."""
+    ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
+        """Batches of (ids int64, labels, vectors float32 (b, dim)) in id order (of every item,
+        or of those of ``ids`` that exist); IndexFormatError for a vector of the wrong length
+        or holding NaN or infinity."""
         batches: Iterable[list[Any]]
+        columns = "id, CAST(label AS TEXT), CAST(vector AS BLOB)"
         if ids is None:
-            cursor = self._conn.execute("SELECT id, CAST(vector AS BLOB) FROM items ORDER BY id")
+            cursor = self._conn.execute(f"SELECT {columns} FROM items ORDER BY id")
             batches = iter(lambda: cursor.fetchmany(_FETCH), [])
         else:
             wanted = sorted({int(i) for i in ids})
             batches = (
                 self._conn.execute(
-                    f"SELECT id, CAST(vector AS BLOB) FROM items WHERE id IN "
-                    f"({_marks(len(chunk))}) ORDER BY id",
+                    f"SELECT {columns} FROM items WHERE id IN ({_marks(len(chunk))}) ORDER BY id",
                     chunk,
                 ).fetchall()
                 for chunk in _chunks(wanted)
@@ -625,21 +630,21 @@ class RecordDB:
         for batch in batches:
             if not batch:
                 continue
-            for i, blob in batch:
+            for i, _, blob in batch:
                 if len(blob) != 4 * dim:
                     raise IndexFormatError(
                         f"{self.path}: item {i} holds a vector of {len(blob)} bytes, "
                         f"but the index holds {dim}-d float32 vectors ({4 * dim} bytes)"
                     )
-            keys = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
-            flat = np.frombuffer(b"".join(blob for _, blob in batch), dtype="<f4")
+            keys = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
+            flat = np.frombuffer(b"".join(r[2] for r in batch), dtype="<f4")
             vectors = flat.reshape(len(batch), dim).astype(np.float32)
             finite = np.isfinite(vectors).all(axis=1)
             if not finite.all():
                 raise IndexFormatError(
                     f"{self.path}: item {keys[~finite][0]} holds a vector with NaN or infinity"
                 )
-            yield keys, vectors
+            yield keys, [r[1] for r in batch], vectors
 
     @_guarded
     def audit(self, dim: int, norm_tolerance: float) -> Audit:
@@ -696,8 +701,8 @@ class RecordDB:
         if not batches:
             return np.empty(0, np.int64), np.empty((0, dim), np.float32)
         return (
-            np.concatenate([ids for ids, _ in batches]),
-            np.concatenate([vecs for _, vecs in batches]),
+            np.concatenate([ids for ids, _, _ in batches]),
+            np.concatenate([vecs for _, _, vecs in batches]),
         )
 
     @_guarded

@@ -13,7 +13,9 @@ import pytest
 import retrieval
 from index import IndexStore
 from retrieval.datasets.synthetic import make_gallery
+from retrieval.engine import openset
 from retrieval.engine.openset import Stats
+from retrieval.indexing import calibration
 from retrieval.indexing.calibration import FILE, OpenSet
 
 from .helpers import COLORS, run, write_image
@@ -133,3 +135,70 @@ def test_a_species_the_gallery_lacks_is_unknown_by_default(tmp_path: Path):
         if a.label is None:
             assert a.unknown_because.startswith("like no label of the index")
             assert a.suggestions and a.vote_share > 0
+
+
+def _clustered(n: int, classes: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    which = rng.integers(0, classes, n)
+    x = centres[which] + 0.8 * rng.normal(size=(n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), [f"c{c}" for c in which]
+
+
+def test_nearest_over_blocks_is_the_exact_top_k_without_the_query(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    x, _ = _clustered(200, 5)
+    own = np.array([0, 57, 199], np.int64)
+    sims = x[own] @ x.T
+    sims[np.arange(3), own] = -np.inf
+    truth = np.argsort(-sims, axis=1, kind="stable")[:, :6]
+    monkeypatch.setattr(openset, "_GALLERY_BLOCK", 7)  # 29 blocks, the last of 4 rows
+    scores, rows = openset.nearest(x[own], openset.InMemory(x), 6, own)
+    assert np.array_equal(rows, truth)
+    assert np.allclose(scores, np.take_along_axis(sims, truth, 1))
+
+
+def test_a_gallery_on_disk_is_calibrated_as_the_same_gallery_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Two stores (the shards of one index), read a few rows at a time: the same statistics,
+    shape and calibration as their vectors held in memory."""
+    x, labels = _clustered(300, 12)
+    stores = []
+    for s, part in enumerate((slice(0, 170), slice(170, 300))):
+        store = IndexStore.create(tmp_path / f"s{s}", 16, {"name": "test"})
+        rows = range(300)[part]
+        store.add(x[part], labels[part], [f"/{i}.png" for i in rows], [f"{i:064x}" for i in rows])
+        stores.append(store)
+    monkeypatch.setattr(calibration, "_SCAN_ROWS", 23)
+    try:
+        state = calibration._fit(stores)
+    finally:
+        for store in stores:
+            store.close()
+    stats = Stats.of(x, labels)
+    shape = openset.Shape.of(stats)
+    expected = openset.calibrate(openset.InMemory(x), labels, stats, shape)
+    got = state.calibration
+    assert (got.n, got.classes, got.probes) == (expected.n, expected.classes, expected.probes)
+    assert (got.threshold, got.intercept, got.slope) == pytest.approx(
+        (expected.threshold, expected.intercept, expected.slope), rel=1e-9
+    )  # the statistics are summed a batch at a time: equal to rounding
+    assert np.allclose(state.stats.to_arrays()["sums"], stats.to_arrays()["sums"], atol=1e-9)
+    assert state.generations == (1, 1)
+
+
+def test_a_store_changed_between_the_two_reads_is_noticed(tmp_path: Path):
+    x, labels = _clustered(40, 4)
+    with IndexStore.create(tmp_path / "s", 16, {"name": "test"}) as store:
+        ids = store.add(
+            x, labels, [f"/{i}.png" for i in range(40)], [f"{i:064x}" for i in range(40)]
+        )
+        gallery = calibration._Stores([store], None)
+        store.remove_ids(ids[10:11])
+        with pytest.raises(calibration._Changed):
+            list(gallery.blocks())
+        with pytest.raises(calibration._Changed):
+            gallery.take(np.array([3, 10]))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from index import IndexStore, atomic_write_bytes, writer_lock
+from index import IndexStore, IndexStoreError, atomic_write_bytes, writer_lock
 from retrieval.engine.openset import (
     ABSENT_SHARE,
     KNOWN_ACCEPT,
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 FILE = "openset.npz"
 NOTE = "open_set"
+_SCAN_ROWS = 32768  # gallery rows read from the records at a time while calibrating
+_TRIES = 3  # fits started again when a store is written to meanwhile
 
 
 @dataclass
@@ -117,23 +119,78 @@ def _write(root: Path, state: OpenSet) -> None:
         log.warning("could not write %s (%s); it is made anew when next needed", root / FILE, exc)
 
 
+class _Changed(Exception):
+    """A store was written to between two reads of one calibration."""
+
+
+class _Stores:
+    """The items of ``stores`` by row (each store's items in id order, one store after another),
+    read from the records a batch at a time: the Gallery ``calibrate`` probes, so that a
+    million-item gallery is never in memory whole. Reading it once gives the labels and the
+    statistics; reading it again (``blocks``) must find the same items."""
+
+    def __init__(self, stores: Sequence[IndexStore], stats: Stats | None) -> None:
+        self.stores = stores
+        self.stats = Stats(stores[0].dim) if stats is None else stats
+        self.labels: list[str] = []
+        keys: list[np.ndarray] = []
+        generations = []
+
+        def visit(ids: np.ndarray, labels: list[str], vectors: np.ndarray) -> None:
+            keys.append(ids)
+            self.labels += labels
+            if stats is None:
+                self.stats.update(vectors, labels, 1)
+
+        self.starts = [0]
+        for store in stores:
+            generations.append(store.scan(visit))
+            self.starts.append(sum(len(k) for k in keys))
+        self.generations = tuple(generations)
+        self.ids = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(rows), self.stats.dim), np.float32)
+        for s, store in enumerate(self.stores):
+            mine = (rows >= self.starts[s]) & (rows < self.starts[s + 1])
+            wanted = self.ids[rows[mine]]
+            found, vectors = store.vectors(wanted)
+            if len(found) != len(np.unique(wanted)):
+                raise _Changed
+            out[mine] = vectors[np.searchsorted(found, wanted)]
+        return out
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        for s, store in enumerate(self.stores):
+            for at in range(self.starts[s], self.starts[s + 1], _SCAN_ROWS):
+                wanted = self.ids[at : min(at + _SCAN_ROWS, self.starts[s + 1])]
+                found, vectors = store.vectors(wanted)
+                if not np.array_equal(found, wanted):
+                    raise _Changed
+                yield vectors
+
+
 def _fit(stores: Sequence[IndexStore], stats: Stats | None = None) -> OpenSet:
-    """The state made from every item of the stores (one snapshot of each)."""
-    generations = _generations(stores)
-    labels: list[str] = []
-    parts = []
-    for store in stores:
-        items, vectors = store.labelled_vectors()
-        labels += [i.label for i in items]
-        parts.append(vectors)
-    vectors = np.concatenate(parts) if parts else np.zeros((0, stores[0].dim), np.float32)
-    stats = Stats.of(vectors, labels) if stats is None else stats
-    shape = Shape.of(stats)
+    """The state made from every item of the stores, read a batch at a time. A store written to
+    meanwhile (only a reader fits without the writer lock) makes it start again."""
     known_accept, absent_share = settings(stores)
-    calibration = calibrate(
-        vectors, labels, stats, shape, known_accept=known_accept, absent_share=absent_share
-    )
-    return OpenSet(stats, shape, calibration, generations)
+    for _ in range(_TRIES):
+        gallery = _Stores(stores, stats)
+        shape = Shape.of(gallery.stats)
+        try:
+            calibration = calibrate(
+                gallery,
+                gallery.labels,
+                gallery.stats,
+                shape,
+                known_accept=known_accept,
+                absent_share=absent_share,
+            )
+        except _Changed:
+            continue
+        if _generations(stores) == gallery.generations:
+            return OpenSet(gallery.stats, shape, calibration, gallery.generations)
+    raise IndexStoreError(f"the index kept changing while {FILE} was fitted; try again")
 
 
 def load(root: Path, stores: Sequence[IndexStore]) -> OpenSet:
