@@ -24,6 +24,7 @@ from index.fsutil import (
     exchange,
     not_regular,
     open_regular,
+    replacing,
     sha256_file,
 )
 from index.lock import LOCK_FILE, writer_lock
@@ -68,4 +69,5 @@ __all__ = [
     "repair_index",
     "sha256_file",
     "writer_lock",
+    "replacing",
 ]

@@ -27,7 +27,9 @@ def index(tiny_index: Path) -> Path:
 
 
 def kept(index: Path) -> OpenSet:
-    return OpenSet.from_file(index / FILE)
+    state = calibration._read(index)  # the state file and the commits it followed since
+    assert state is not None
+    return state
 
 
 def assert_matches_the_records(index: Path) -> None:
@@ -202,3 +204,52 @@ def test_a_store_changed_between_the_two_reads_is_noticed(tmp_path: Path):
             list(gallery.blocks())
         with pytest.raises(calibration._Changed):
             gallery.take(np.array([3, 10]))
+
+
+def test_small_commits_are_followed_beside_the_state_not_by_rewriting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A commit too small to refit the calibration writes only itself (FOLLOWED), never the
+    whole state; the state read back is the records' all the same; past _FOLLOW_AT_MOST items
+    the whole state is written and FOLLOWED dropped."""
+    x, labels = _clustered(120, 6)
+    root = tmp_path / "idx"
+
+    def commit(store: IndexStore, rows: slice) -> None:
+        before = store.generation
+        numbers = range(120)[rows]
+        store.add(
+            x[rows], labels[rows], [f"/{i}.png" for i in numbers], [f"{i:064x}" for i in numbers]
+        )
+        calibration.follow(root, [store], store, before, x[rows], labels[rows], 1)
+        calibration.refresh(root, [store])
+
+    def matches(store: IndexStore) -> None:
+        state = calibration._read(root)
+        items, vectors = store.labelled_vectors()
+        assert state is not None and state.generations == (store.generation,)
+        fresh = Stats.of(vectors, [i.label for i in items]).to_arrays()
+        got = state.stats.to_arrays()
+        order, ref = np.argsort(got["labels"]), np.argsort(fresh["labels"])
+        assert np.array_equal(got["counts"][order], fresh["counts"][ref])
+        assert np.allclose(got["sums"][order], fresh["sums"][ref], atol=1e-9)
+
+    monkeypatch.setattr(calibration, "_FOLLOW_AT_MOST", 4)
+    with IndexStore.create(root, 16, {"name": "test"}) as store:
+        commit(store, slice(0, 100))  # the first state: fitted and written whole
+        written = (root / FILE).read_bytes()
+        assert not (root / calibration.FOLLOWED).exists()
+        commit(store, slice(100, 102))
+        commit(store, slice(102, 104))  # 4 items followed: under 5 % of 100, no refit
+        assert (root / FILE).read_bytes() == written
+        followed = (root / calibration.FOLLOWED).read_bytes()
+        matches(store)
+        commit(store, slice(104, 105))  # a fifth: past _FOLLOW_AT_MOST, written whole
+        assert (root / FILE).read_bytes() != written
+        assert not (root / calibration.FOLLOWED).exists()
+        matches(store)
+        (root / calibration.FOLLOWED).write_bytes(followed)  # as if killed before dropping it
+        matches(store)  # its commits precede the state: not applied twice
+        commit(store, slice(105, 106))  # 6 items since the calibration's 100: refitted
+        assert not (root / calibration.FOLLOWED).exists()
+        assert calibration._read(root).calibration.n == 106
