@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 
 from index.errors import IndexFormatError, VectorError
 from index.fsutil import replacing, sha256_file
-from index.plan import FLAT, RERANK, Layout, train_size
+from index.plan import FLAT, PCA_MIN_VARIANCE, RERANK, Layout, train_size
 
 _READ_BLOCK = 1 << 20
 
@@ -66,6 +66,15 @@ def training_rows(layout: Layout, n: int, *, seed: int = 0) -> np.ndarray:
     return np.sort(rng.choice(n, train_size(layout, n), replace=False)).astype(np.int64)
 
 
+def _pca_keeps(rows: np.ndarray, dims: int, *, at_most: int = 10_000) -> bool:
+    """Whether the ``dims`` principal axes of (at most ``at_most`` evenly spaced) ``rows`` keep
+    PCA_MIN_VARIANCE of their variance."""
+    x = rows[:: max(1, len(rows) // at_most)].astype(np.float64)
+    x -= x.mean(0)
+    eig = np.linalg.eigvalsh(x.T @ x)[::-1]
+    return bool(eig[:dims].sum() >= PCA_MIN_VARIANCE * max(eig.sum(), 1e-30))
+
+
 def trained_index(layout: Layout, sample: ArrayLike) -> FaissIndex:
     """An empty index of ``layout`` (not flat) trained on the rows ``sample``, its ``nprobe``
     the layout's."""
@@ -75,7 +84,7 @@ def trained_index(layout: Layout, sample: ArrayLike) -> FaissIndex:
     if layout.type == "ivf":
         index = faiss.index_factory(dim, f"IVF{layout.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     elif layout.type == "compact":
-        pca = f"PCA{layout.pca}," if layout.pca else ""
+        pca = f"PCA{layout.pca}," if layout.pca and _pca_keeps(rows, layout.pca) else ""
         index = faiss.index_factory(dim, f"{pca}IVF{layout.nlist},SQ8", faiss.METRIC_L2)
         faiss.extract_index_ivf(index).cp.niter = COMPACT_KMEANS_ITERATIONS
     else:

@@ -14,7 +14,7 @@ from index import IndexFormatError, IndexStore, backend, plan
 from index.cache import FaissCache
 from index.check import check_index, repair_index
 
-from ..helpers import DIM, MODEL, add_items, cache_is_current
+from ..helpers import DIM, MODEL, add_items, cache_is_current, unit_rows
 from .helpers import assert_matches_reference, brute_force, clustered_rows
 
 N = 3000
@@ -93,6 +93,24 @@ def test_compact_with_a_projection_reopens_without_a_rebuild(
     assert "rebuilt" not in caplog.text, caplog.text
     assert found == ids[:50].tolist()
     assert check_index(root).ok
+
+
+def test_compact_keeps_every_dimension_when_a_projection_would_lose_too_much(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Isotropic vectors (as a whitened head gives): 256 of 512 axes keep about half their
+    variance, so the codes are of whole vectors; the layout stays as built when reopened."""
+    dim, n = 2 * plan.PCA_DIMS, 8000  # 5,120 training rows: enough to see the spectrum flat
+    vectors = unit_rows(n, dim, seed=4)
+    with IndexStore.create(root, dim, MODEL, index_type="compact") as store:
+        ids = store.add(vectors, ["a"] * n, [str(i) for i in range(n)], ["s"] * n)
+        assert store.layout.type == "compact" and store.layout.pca == 0
+    caplog.set_level(logging.INFO, logger="index")
+    with IndexStore.open(root) as store:
+        assert store.layout.pca == 0
+        found = [row[0].id for row in store.search(vectors[:50], 1)]
+    assert "rebuilt" not in caplog.text, caplog.text
+    assert found == ids[:50].tolist()
 
 
 def test_layouts_have_hysteresis() -> None:
