@@ -25,6 +25,7 @@ class Preprocess:
 
 
 POOLINGS = ("gem", "avg")
+PRECISIONS = ("float32", "int8")  # of an index's exported network (build-index --precision)
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class Info:
     shards: int = 1
     open_set: dict[str, Any] | None = None
     flip: bool = False
+    precision: str = "float32"
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -94,6 +95,7 @@ class Info:
             "faiss": self.layout,
             "open_set": self.open_set,
             "flip": self.flip,
+            "precision": self.precision,
         }
         if self.shards > 1:
             out["shards"] = self.shards

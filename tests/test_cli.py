@@ -35,6 +35,7 @@ def test_build_then_info(built: Path):
         "faiss": {"type": "flat"},
         "open_set": out["open_set"],
         "flip": False,
+        "precision": "float32",
     }
     open_set = out["open_set"]
     assert open_set["method"] == "relative-mahalanobis" and open_set["known_accept"] == 0.95

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from retrieval.config import Preprocess
+from retrieval.config import PRECISIONS, Preprocess
 from retrieval.engine.embed import Embedder, Forward
 from retrieval.errors import ModelError
 
@@ -17,7 +17,7 @@ from retrieval.errors import ModelError
 class ModelEntry:
     """The ``model`` entry of an index's manifest: name, preprocessing, dimension and
     fingerprint, how to re-create the network in torch (``source``, ``spec``), and the sha256
-    of its exported ONNX file, if any."""
+    and precision ("float32" or "int8") of its exported ONNX file, if any."""
 
     name: str
     preprocess: Preprocess
@@ -26,6 +26,7 @@ class ModelEntry:
     source: Mapping[str, Any] | None
     spec: Mapping[str, Any] | None
     onnx_sha256: str | None
+    precision: str = "float32"
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any], where: str) -> ModelEntry:
@@ -48,6 +49,9 @@ class ModelEntry:
             isinstance(onnx, Mapping) and isinstance(onnx.get("sha256"), str)
         ):
             raise ModelError(f"{where}: bad model entry: onnx {onnx!r}")
+        precision = "float32" if onnx is None else onnx.get("precision", "float32")
+        if precision not in PRECISIONS:
+            raise ModelError(f"{where}: bad model entry: onnx precision {precision!r}")
         source, spec = entry.get("source"), entry.get("spec")
         return cls(
             name=str(entry.get("name", "?")),
@@ -57,6 +61,7 @@ class ModelEntry:
             source=copy.deepcopy(source) if isinstance(source, Mapping) else None,
             spec=copy.deepcopy(spec) if isinstance(spec, Mapping) else None,
             onnx_sha256=None if onnx is None else str(onnx["sha256"]),
+            precision=precision,
         )
 
     @property

@@ -137,9 +137,13 @@ def refuse_external_data(model: bytes, source: str) -> None:
         )
 
 
-def onnx_entry(model: bytes) -> dict[str, str]:
-    """What a manifest's model entry records of an exported network."""
-    return {"file": ONNX_FILE, "sha256": hashlib.sha256(model).hexdigest()}
+def onnx_entry(model: bytes, precision: str = "float32") -> dict[str, str]:
+    """What a manifest's model entry records of an exported network (its precision when it is
+    not float32)."""
+    entry = {"file": ONNX_FILE, "sha256": hashlib.sha256(model).hexdigest()}
+    if precision != "float32":
+        entry["precision"] = precision
+    return entry
 
 
 def read_index_onnx(index_dir: str | Path, entry: ModelEntry) -> bytes:

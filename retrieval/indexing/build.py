@@ -27,11 +27,12 @@ from index import (
     exchange,
     writer_lock,
 )
+from retrieval.config import PRECISIONS
 from retrieval.datasets import DatasetOptions
 from retrieval.datasets.folders import Record
 from retrieval.engine.embed import Embedder, EmbedResult
-from retrieval.engine.runtime import ONNX_FILE, onnx_entry
-from retrieval.errors import InputError
+from retrieval.engine.runtime import ONNX_FILE, OnnxForward, onnx_entry
+from retrieval.errors import InputError, ModelError
 from retrieval.indexing.calibration import check_settings, recalibrate
 from retrieval.indexing.ingest import Embedded, commit_parts, dedupe, hash_records, local_parts
 from retrieval.indexing.shards import deal, is_sharded, shard_name, write_shards
@@ -171,16 +172,36 @@ class _LocalEmbedding:
 LOCAL: Embedding = _LocalEmbedding()
 
 
-def _network(model: str, weights: str | None, sample: Sequence[Record], batch_size: int) -> Network:
-    """The model loaded, exported to ONNX and checked against torch on images of ``sample``."""
+def _network(
+    model: str,
+    weights: str | None,
+    sample: Sequence[Record],
+    batch_size: int,
+    precision: str = "float32",
+) -> Network:
+    """The model loaded, exported to ONNX and checked against torch on images of ``sample``;
+    with ``precision`` "int8", the export quantised, calibrated on images drawn from
+    ``sample`` (retrieval/nets/quantize.py)."""
     from retrieval.nets.export import fast_embedder
     from retrieval.nets.model import load_model
 
     loaded = load_model(model, weights=weights)
     embedder, onnx = fast_embedder(loaded, sample, batch_size=batch_size)
     entry = loaded.describe()
+    if precision == "int8":
+        from retrieval.nets.quantize import calibration_images, quantize_int8
+
+        if onnx is None:
+            raise ModelError(
+                f"--precision int8 quantises the exported ONNX network, but {loaded.name} has "
+                "none (onnxruntime is missing, or the export differs from torch)"
+            )
+        onnx = quantize_int8(onnx, calibration_images(embedder, sample))
+        embedder = loaded.entry.embedder(
+            OnnxForward(onnx), runtime="onnxruntime", batch_size=batch_size
+        )
     if onnx is not None:
-        entry["onnx"] = onnx_entry(onnx)
+        entry["onnx"] = onnx_entry(onnx, precision)
     return Network(loaded.name, embedder, entry, onnx)
 
 
@@ -245,6 +266,7 @@ def build_index(
     embedding: Embedding = LOCAL,
     known_accept: float | None = None,
     absent_share: float | None = None,
+    precision: str = "float32",
     progress: ProgressFactory = no_progress,
 ) -> BuildReport:
     """Embed every image of a gallery into a new index at ``index_dir``: a folder with one
@@ -253,6 +275,8 @@ def build_index(
     index.AUTO_COMPACT_ABOVE vectors, then compact), "flat", "ivf" or "compact". With ``shards`` > 1 the index is a
     sharded one (retrieval/shards.py): the images dealt round-robin to that many ordinary index
     folders. ``embedding`` says where the images are embedded (this process, or a Ray cluster).
+    ``precision`` "int8" stores and runs the exported network quantised to int8, calibrated on
+    images of the gallery (retrieval/nets/quantize.py); "float32" (the default) as exported.
 
     The index is built in ``staging_dir(index_dir)`` under that folder's writer lock, committed
     a chunk of CHUNK images at a time, and swapped into place in one atomic step only when
@@ -264,13 +288,15 @@ def build_index(
     check_settings(known_accept, absent_share)
     if shards < 1:
         raise InputError(f"--shards must be at least 1, not {shards}")
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if IndexStore.is_index(target) or is_sharded(target):
         if not force:
             raise IndexExistsError(f"{target} already holds an index; pass --force to replace it")
     elif target.exists() and (not target.is_dir() or _holds_files(target)):
         raise IndexExistsError(f"{target} exists and is not an index; choose another --index")
     scan = (dataset or DatasetOptions()).scan(gallery)
-    network = _network(model, weights, scan.records, batch_size)
+    network = _network(model, weights, scan.records, batch_size, precision)
     start = time.perf_counter()
     readable, shas, unreadable = hash_records(scan.records)
     scan.skipped.extend(unreadable)

@@ -10,7 +10,7 @@ from index import MANIFEST, IndexFormatError, read_manifest
 from retrieval.engine.embed import Embedder
 from retrieval.engine.network import ModelEntry
 from retrieval.engine.runtime import available, index_embedder
-from retrieval.errors import ModelMismatchError, RetrieveError
+from retrieval.errors import ModelError, ModelMismatchError, RetrieveError
 
 # torch (retrieval.nets.model) takes seconds to import: only the torch path imports it.
 if TYPE_CHECKING:
@@ -66,7 +66,12 @@ def embedder_for(
 ) -> Embedder:
     """The Embedder of the index at ``folder``: its own exported network on ONNX Runtime when
     it has one, else its model re-created in torch (see model_for); with ``model``, that model,
-    refused unless it is the index's network."""
+    refused unless it is the index's network. An int8 network runs only on ONNX Runtime."""
     if model is None and entry.onnx_sha256 is not None and available():
         return index_embedder(folder, entry, batch_size=batch_size)
+    if model is None and entry.precision != "float32":
+        raise ModelError(
+            f"index {folder} runs its network in {entry.precision}, which needs onnxruntime: "
+            "install it (pip install onnxruntime)"
+        )
     return model_for(folder, entry, model).embedder(batch_size=batch_size)
