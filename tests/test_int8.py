@@ -17,9 +17,9 @@ from retrieval.engine.runtime import ONNX_FILE, OnnxForward
 from retrieval.errors import InputError, ModelError
 from retrieval.indexing import network as index_network
 from retrieval.nets.backbones import SamePadConv2d
-from retrieval.nets.export import export_onnx
+from retrieval.nets.export import export_onnx, fold_pads
 from retrieval.nets.model import load_model
-from retrieval.nets.quantize import float_nodes, fold_pads, quantize_int8
+from retrieval.nets.quantize import float_nodes, quantize_int8
 
 from .helpers import COLORS, run, write_image
 

@@ -37,6 +37,19 @@ def test_export_matches_torch_on_real_images(name: str):
     assert diff < export.TOLERANCE
 
 
+def test_the_default_network_is_exported_with_its_padding_folded():
+    """The run-time 'SAME' padding of EfficientNet-Lite0 folded into its convolutions: no Pad
+    node is left, and the embeddings are those of the export as it was."""
+    import onnx
+
+    net = load_model("efficientnet_lite0").net
+    folded, raw = export.export_onnx(net), export.export_onnx(net, fold_padding=False)
+    ops = [{n.op_type for n in onnx.load_from_string(m).graph.node} for m in (folded, raw)]
+    assert "Pad" in ops[1] and "Pad" not in ops[0]
+    x = np.random.default_rng(3).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(OnnxForward(folded)(x), OnnxForward(raw)(x), atol=1e-5)
+
+
 def test_export_of_a_trained_layout_matches_torch(gallery: Path):
     """Head, attention and flip averaging are exported too."""
     from retrieval.config import ModelSpec

@@ -24,9 +24,11 @@ TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime's and torch'
 OPSET = 17
 
 
-def export_onnx(net: EmbeddingNet) -> bytes:
+def export_onnx(net: EmbeddingNet, *, fold_padding: bool = True) -> bytes:
     """The network in eval mode as an ONNX model: input ``images`` (n, 3, crop, crop) float32,
-    output ``embeddings`` (n, d). The same weights always give the same bytes."""
+    output ``embeddings`` (n, d); with ``fold_padding``, its run-time 'SAME' padding folded into
+    the convolutions (``fold_pads``: the same embeddings, about twice the images/s on ONNX
+    Runtime). The same weights always give the same bytes."""
     crop = net.preprocess.crop
     buffer = io.BytesIO()
     net.eval()
@@ -42,7 +44,81 @@ def export_onnx(net: EmbeddingNet) -> bytes:
             opset_version=OPSET,
             dynamo=False,
         )
-    return buffer.getvalue()
+    model = buffer.getvalue()
+    return fold_pads(model, crop) if fold_padding else model
+
+
+def fold_pads(model: bytes, crop: int) -> bytes:
+    """``model`` with each Pad whose amounts it computes from the input's shape, and that feeds
+    one convolution with zeros, folded into that convolution's pads. The amounts are read by
+    running the network on inputs of ``crop`` x ``crop`` (the only size an Embedder feeds it);
+    the result computes the same embeddings of such inputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    m = onnx.load_from_string(model)
+    graph = m.graph
+    pads = [n for n in graph.node if n.op_type == "Pad"]
+    if not pads:
+        return model
+    wanted = list(dict.fromkeys(i for n in pads for i in n.input[1:] if i))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    for name in wanted:
+        probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values: dict[str, np.ndarray] = {}
+    for n in (1, 2):  # amounts that vary with the batch size are not the padding's
+        out = session.run(wanted, {INPUT: np.zeros((n, 3, crop, crop), np.float32)})
+        for name, value in zip(wanted, out, strict=True):
+            if name in values and not np.array_equal(values[name], value):
+                return model
+            values[name] = value
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for pad in pads:
+        users = consumers.get(pad.output[0], [])
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        fill = values[pad.input[2]] if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
+        amounts = values[pad.input[1]].astype(np.int64)
+        if (
+            mode != b"constant"
+            or np.any(fill)
+            or len(users) != 1
+            or users[0].op_type != "Conv"
+            or amounts.shape != (8,)
+            or np.any(amounts[[0, 1, 4, 5]])  # batch and channel amounts
+            or any(a.name == "auto_pad" for a in users[0].attribute)
+        ):
+            continue
+        conv = users[0]
+        old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+        new = [int(a + b) for a, b in zip(old, amounts[[2, 3, 6, 7]], strict=True)]
+        for attr in [a for a in conv.attribute if a.name == "pads"]:
+            conv.attribute.remove(attr)
+        conv.attribute.append(helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        graph.node.remove(pad)
+    _prune(graph)
+    return m.SerializeToString()
+
+
+def _prune(graph) -> None:
+    """Remove the nodes and initializers that no longer feed an output of ``graph``."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
 
 
 def max_abs_diff(net: EmbeddingNet, model: bytes, batch: np.ndarray) -> float:

@@ -52,83 +52,11 @@ def calibration_images(
 
 class _QuantiserQuiet(logging.Filter):
     """Drops what ONNX Runtime's quantiser logs to the root logger (advice to pre-process the
-    model, which fold_pads does; biases left in float): the command's output stays its own."""
+    model, which export_onnx's fold_pads does; biases left in float): the command's output
+    stays its own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "onnxruntime" not in Path(record.pathname).parts
-
-
-def fold_pads(model: bytes, crop: int) -> bytes:
-    """``model`` with each Pad whose amounts it computes from the input's shape, and that feeds
-    one convolution with zeros, folded into that convolution's pads. The amounts are read by
-    running the network on inputs of ``crop`` x ``crop`` (the only size an Embedder feeds it);
-    the result computes the same embeddings of such inputs."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-
-    m = onnx.load_from_string(model)
-    graph = m.graph
-    pads = [n for n in graph.node if n.op_type == "Pad"]
-    if not pads:
-        return model
-    wanted = list(dict.fromkeys(i for n in pads for i in n.input[1:] if i))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(m)
-    for name in wanted:
-        probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    values: dict[str, np.ndarray] = {}
-    for n in (1, 2):  # amounts that vary with the batch size are not the padding's
-        out = session.run(wanted, {INPUT: np.zeros((n, 3, crop, crop), np.float32)})
-        for name, value in zip(wanted, out, strict=True):
-            if name in values and not np.array_equal(values[name], value):
-                return model
-            values[name] = value
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    for pad in pads:
-        users = consumers.get(pad.output[0], [])
-        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
-        fill = values[pad.input[2]] if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
-        amounts = values[pad.input[1]].astype(np.int64)
-        if (
-            mode != b"constant"
-            or np.any(fill)
-            or len(users) != 1
-            or users[0].op_type != "Conv"
-            or amounts.shape != (8,)
-            or np.any(amounts[[0, 1, 4, 5]])  # batch and channel amounts
-            or any(a.name == "auto_pad" for a in users[0].attribute)
-        ):
-            continue
-        conv = users[0]
-        old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
-        new = [int(a + b) for a, b in zip(old, amounts[[2, 3, 6, 7]], strict=True)]
-        for attr in [a for a in conv.attribute if a.name == "pads"]:
-            conv.attribute.remove(attr)
-        conv.attribute.append(helper.make_attribute("pads", new))
-        conv.input[0] = pad.input[0]
-        graph.node.remove(pad)
-    _prune(graph)
-    return m.SerializeToString()
-
-
-def _prune(graph) -> None:
-    """Remove the nodes and initializers that no longer feed an output of ``graph``."""
-    needed = {o.name for o in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(node.input)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    initializers = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
 
 
 def float_nodes(model: bytes) -> list[str]:
@@ -144,13 +72,13 @@ def float_nodes(model: bytes) -> list[str]:
 
 
 def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
-    """The exported network ``model`` (input (n, 3, crop, crop)) in int8, calibrated on
+    """The exported network ``model`` (input (n, 3, crop, crop), its padding folded by
+    export_onnx) in int8, calibrated on
     ``calibration``, transformed images as the Embedder feeds them (see the module's notes)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     if len(calibration) == 0:
         raise ModelError("--precision int8 needs at least one calibration image")
-    folded = fold_pads(model, calibration.shape[-1])
     batches = iter(
         np.ascontiguousarray(calibration[i : i + _CALIBRATION_BATCH])
         for i in range(0, len(calibration), _CALIBRATION_BATCH)
@@ -165,7 +93,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
     logging.getLogger().addFilter(quiet)
     try:
         with tempfile.TemporaryDirectory(prefix="retrieve-int8-") as work:
-            return _quantize(folded, Reader(), Path(work))
+            return _quantize(model, Reader(), Path(work))
     finally:
         logging.getLogger().removeFilter(quiet)
 
