@@ -35,6 +35,7 @@ def test_build_then_info(built: Path):
         "faiss": {"type": "flat"},
         "open_set": out["open_set"],
         "flip": False,
+        "rerank": "dba+qe",
     }
     open_set = out["open_set"]
     assert open_set["method"] == "relative-mahalanobis" and open_set["known_accept"] == 0.95
@@ -57,6 +58,7 @@ def test_query_json_contract(built: Path, tmp_path: Path):
         "vote_share",
         "decision",
         "unknown_because",
+        "rerank",
         "neighbors",
     }
     assert obj["query"] == str(q)

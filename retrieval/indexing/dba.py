@@ -1,0 +1,181 @@
+"""The re-ranking state of an index (retrieval/engine/rerank.py): each item's nearest other
+items by raw vector (label-blind), the lists DBA ranks with, kept in ``INDEX/dba.npz`` beside the
+records and named by their generation, like the FAISS cache: derived data, made anew from the
+records whenever it does not match them, by whoever reads it next.
+
+A writer follows its commit (under the store's writer lock) when the kept lists were those of
+the records just before it: an enrolment gives each new item its list (one search) and puts it
+into the lists of the items it now beats; a removal searches again for the items whose list
+held a removed one. Only lists that change are touched. Built from scratch, every item is
+searched once on the index's own FAISS layout (exact while flat; IVF, approximate, past
+AUTO_IVF_ABOVE items).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import numpy as np
+
+from index import IndexStore, atomic_write_bytes, writer_lock
+from retrieval.engine.rerank import BLOCK, Lists, M
+
+log = logging.getLogger(__name__)
+
+FILE = "dba.npz"
+CHECK = 64  # a new item's nearest items searched for the lists it enters
+
+
+def _searched(store: IndexStore, ids: np.ndarray, x: np.ndarray) -> Lists:
+    """The lists of the items ``ids`` (vectors ``x``), searched in the store as it is now."""
+    nbr = np.full((len(ids), M + 2), -1, np.int64)
+    sim = np.full((len(ids), M + 2), -np.inf, np.float32)
+    for s in range(0, len(ids), BLOCK):
+        for row, hits in enumerate(store.search(x[s : s + BLOCK], M + 2), start=s):
+            others = [h for h in hits if h.id != ids[row]][: M + 1]
+            nbr[row, : len(others)] = [h.id for h in others]
+            sim[row, : len(others)] = [h.score for h in others]
+    return Lists.sorted(ids, nbr, sim)
+
+
+def build(store: IndexStore) -> Lists:
+    """The lists of every item of the store, made from its records."""
+    ids, x = store.vectors()
+    return _searched(store, ids, x) if len(ids) else Lists.empty()
+
+
+def _read(store: IndexStore) -> tuple[int, Lists] | None:
+    path = store.path / FILE
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            meta = json.loads(str(arrays["meta"]))
+            lists = Lists(arrays["ids"], arrays["nbr"], arrays["sim"])
+            generation, m = int(meta["generation"]), int(meta["m"])
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a damaged or foreign file: derived data, made anew
+        log.warning("%s cannot be used (%s); making it anew from the records", path, exc)
+        return None
+    n = len(lists.ids)
+    if (
+        m != M
+        or lists.ids.dtype != np.int64
+        or lists.nbr.shape != (n, M + 1)
+        or lists.sim.shape != (n, M + 1)
+        or np.any(np.diff(lists.ids) <= 0)
+    ):
+        log.warning("%s does not hold lists of %d neighbours; making it anew", path, M + 1)
+        return None
+    return generation, lists
+
+
+def _write(store: IndexStore, generation: int, lists: Lists) -> None:
+    out = io.BytesIO()
+    meta = {"generation": generation, "m": M}
+    np.savez(out, meta=np.array(json.dumps(meta)), ids=lists.ids, nbr=lists.nbr, sim=lists.sim)
+    try:
+        atomic_write_bytes(store.path / FILE, out.getvalue())
+    except OSError as exc:
+        log.warning(
+            "could not write %s (%s); it is made anew when next needed", store.path / FILE, exc
+        )
+
+
+def load(store: IndexStore) -> tuple[int, Lists]:
+    """(generation, lists) of the store now: from ``dba.npz`` if it was made at the records'
+    generation, else made from the records (and kept, if no writer holds the store)."""
+    generation = store.generation
+    kept = _read(store)
+    if kept is not None and kept[0] == generation and len(kept[1]) == len(store):
+        return kept
+    lists = build(store)
+    lock = writer_lock(store.path)
+    if lock.acquire(timeout=0):
+        try:
+            if store.generation == generation:
+                _write(store, generation, lists)
+        finally:
+            lock.release()
+    return generation, lists
+
+
+def _added(store: IndexStore, lists: Lists, ids: np.ndarray, x: np.ndarray) -> Lists:
+    """``lists`` after items ``ids`` (vectors ``x``) were added to the store: theirs searched,
+    and the new ones put into the lists of the items they beat (exact: an item outside a new
+    one's CHECK nearest is compared with it directly when its last neighbour scores under
+    them)."""
+    new = _searched(store, ids, x)
+    found = store.search(x, CHECK)
+    last = lists.sim[:, -1]
+    extra_nbr = np.full((len(lists), len(ids)), -1, np.int64)
+    extra_sim = np.full((len(lists), len(ids)), -np.inf, np.float32)
+    for col, hits in enumerate(found):
+        at = np.searchsorted(lists.ids, [h.id for h in hits])
+        old = [
+            (a, h.score)
+            for a, h in zip(at, hits, strict=True)
+            if a < len(lists) and lists.ids[a] == h.id
+        ]
+        rows = np.array([a for a, _ in old], np.int64)
+        scores = np.array([s for _, s in old], np.float32)
+        if len(hits) == CHECK:  # items not found score at most the last found: compare those
+            near = np.zeros(len(lists), bool)
+            near[rows] = True
+            risk = np.flatnonzero(~near & (last < hits[-1].score))
+            if len(risk):
+                _, xr = store.vectors(lists.ids[risk])
+                rows = np.concatenate([rows, risk])
+                scores = np.concatenate([scores, xr @ x[col]])
+        take = scores > last[rows]
+        extra_nbr[rows[take], col] = ids[col]
+        extra_sim[rows[take], col] = scores[take]
+    changed = np.flatnonzero(np.isfinite(extra_sim).any(axis=1))
+    merged = Lists.sorted(
+        lists.ids[changed],
+        np.concatenate([lists.nbr[changed], extra_nbr[changed]], axis=1),
+        np.concatenate([lists.sim[changed], extra_sim[changed]], axis=1),
+    )
+    lists.nbr[changed], lists.sim[changed] = merged.nbr, merged.sim
+    return _union(lists, new)
+
+
+def _union(a: Lists, b: Lists) -> Lists:
+    ids = np.concatenate([a.ids, b.ids])
+    order = np.argsort(ids, kind="stable")
+    return Lists(
+        ids[order], np.concatenate([a.nbr, b.nbr])[order], np.concatenate([a.sim, b.sim])[order]
+    )
+
+
+def _removed(store: IndexStore, lists: Lists, ids: np.ndarray) -> Lists:
+    """``lists`` after items ``ids`` were removed from the store: the items whose list held one
+    searched again."""
+    keep = ~np.isin(lists.ids, ids)
+    kept = Lists(lists.ids[keep], lists.nbr[keep], lists.sim[keep])
+    stale = np.isin(kept.nbr, ids).any(axis=1)
+    if not stale.any():
+        return kept
+    again_ids, x = store.vectors(kept.ids[stale])
+    again = _searched(store, again_ids, x)
+    kept.nbr[stale], kept.sim[stale] = again.nbr, again.sim
+    return kept
+
+
+def follow(
+    store: IndexStore, before: int, ids: np.ndarray, vectors: np.ndarray | None, sign: int
+) -> None:
+    """After a commit to ``store`` (its generation was ``before``; its writer lock is held)
+    that added (``sign`` 1, with their ``vectors``) or removed (-1) the items ``ids``: the
+    kept lists follow, if they were those of the records before the commit; else they are left
+    to be made anew."""
+    kept = _read(store)
+    if kept is None or kept[0] != before:
+        return
+    ids = np.asarray(ids, np.int64)
+    if sign > 0:
+        lists = _added(store, kept[1], ids, np.asarray(vectors, np.float32))
+    else:
+        lists = _removed(store, kept[1], ids)
+    _write(store, store.generation, lists)
