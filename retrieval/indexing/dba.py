@@ -103,41 +103,53 @@ def load(store: IndexStore) -> tuple[int, Lists]:
 
 def _added(store: IndexStore, lists: Lists, ids: np.ndarray, x: np.ndarray) -> Lists:
     """``lists`` after items ``ids`` (vectors ``x``) were added to the store: theirs searched,
-    and the new ones put into the lists of the items they beat (exact: an item outside a new
-    one's CHECK nearest is compared with it directly when its last neighbour scores under
-    them)."""
+    and the new ones put into the lists of the items they beat. Exact: an item outside a new
+    one's CHECK nearest scores at most the last of those with it, so only the items whose last
+    neighbour scores under that are compared with it directly (their vectors read once)."""
     new = _searched(store, ids, x)
-    found = store.search(x, CHECK)
+    if not len(lists):
+        return new
     last = lists.sim[:, -1]
-    extra_nbr = np.full((len(lists), len(ids)), -1, np.int64)
-    extra_sim = np.full((len(lists), len(ids)), -np.inf, np.float32)
-    for col, hits in enumerate(found):
-        at = np.searchsorted(lists.ids, [h.id for h in hits])
-        old = [
-            (a, h.score)
-            for a, h in zip(at, hits, strict=True)
-            if a < len(lists) and lists.ids[a] == h.id
-        ]
-        rows = np.array([a for a, _ in old], np.int64)
-        scores = np.array([s for _, s in old], np.float32)
-        if len(hits) == CHECK:  # items not found score at most the last found: compare those
-            near = np.zeros(len(lists), bool)
-            near[rows] = True
-            risk = np.flatnonzero(~near & (last < hits[-1].score))
-            if len(risk):
-                _, xr = store.vectors(lists.ids[risk])
-                rows = np.concatenate([rows, risk])
-                scores = np.concatenate([scores, xr @ x[col]])
-        take = scores > last[rows]
-        extra_nbr[rows[take], col] = ids[col]
-        extra_sim[rows[take], col] = scores[take]
-    changed = np.flatnonzero(np.isfinite(extra_sim).any(axis=1))
-    merged = Lists.sorted(
-        lists.ids[changed],
-        np.concatenate([lists.nbr[changed], extra_nbr[changed]], axis=1),
-        np.concatenate([lists.sim[changed], extra_sim[changed]], axis=1),
-    )
-    lists.nbr[changed], lists.sim[changed] = merged.nbr, merged.sim
+    rows, cols, scores = [], [], []
+    floors = np.full(len(ids), -np.inf, np.float32)
+    for col, hits in enumerate(store.search(x, CHECK)):
+        found = np.array([h.id for h in hits], np.int64)
+        at = np.minimum(np.searchsorted(lists.ids, found), len(lists) - 1)
+        old = lists.ids[at] == found
+        rows.append(at[old])
+        cols.append(np.full(old.sum(), col))
+        scores.append(np.array([h.score for h in hits], np.float32)[old])
+        if len(hits) == CHECK:
+            floors[col] = hits[-1].score
+    risk = np.flatnonzero(last < floors.max())
+    if len(risk):
+        _, xr = store.vectors(lists.ids[risk])
+        r, c = np.nonzero(last[risk][:, None] < floors[None, :])
+        seen = np.concatenate(rows) * len(ids) + np.concatenate(cols)
+        unseen = ~np.isin(risk[r] * len(ids) + c, seen)
+        r, c = r[unseen], c[unseen]
+        rows.append(risk[r])
+        cols.append(c)
+        scores.append(np.einsum("nd,nd->n", xr[r], x[c]))
+    row, col, score = np.concatenate(rows), np.concatenate(cols), np.concatenate(scores)
+    take = score > last[row]
+    row, col, score = row[take], col[take], score[take]
+    if len(row):
+        changed, slot = np.unique(row, return_inverse=True)
+        place = np.zeros(len(row), np.int64)  # each taken item's column among its row's
+        order = np.argsort(slot, kind="stable")
+        starts = np.searchsorted(slot[order], np.arange(len(changed)))
+        place[order] = np.arange(len(row)) - starts[slot[order]]
+        extra_nbr = np.full((len(changed), place.max() + 1), -1, np.int64)
+        extra_sim = np.full((len(changed), place.max() + 1), -np.inf, np.float32)
+        extra_nbr[slot, place] = ids[col]
+        extra_sim[slot, place] = score
+        merged = Lists.sorted(
+            lists.ids[changed],
+            np.concatenate([lists.nbr[changed], extra_nbr], axis=1),
+            np.concatenate([lists.sim[changed], extra_sim], axis=1),
+        )
+        lists.nbr[changed], lists.sim[changed] = merged.nbr, merged.sim
     return _union(lists, new)
 
 
