@@ -215,10 +215,11 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
+        wall = "–" if np.isnan(r["train_s"]) else f"{r['train_s'] / 60:.1f} min"
         print(
             f"| {name} | {r['recall_at_1']:.3f} | {r['recall_at_2']:.3f} | {r['recall_at_4']:.3f} | "
             f"{r['recall_at_8']:.3f} | {r['map_at_r']:.3f} | {r['enroll_5']:.3f} | "
-            f"{r['query_p50_ms']:.1f} ms | {r['epochs']} | {r['train_s'] / 60:.1f} min |"
+            f"{r['query_p50_ms']:.1f} ms | {r['epochs']} | {wall} |"
         )
 
 
