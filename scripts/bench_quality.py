@@ -5,7 +5,8 @@ stopping are held out of those 25), measures on the other 25: Recall@1/2/4/8 and
 leave-one-out, and 5-shot enrolment accuracy. Prints one table with the machine and the command.
 With ``--rerank``, each row once per re-ranking (as ``retrieve query --rerank`` ranks; the
 5-shot label is decided before re-ranking), with the warm query latency p50 of ``retrieve
-query`` on an index of the measured images (each queried photo left out of its neighbours).
+query`` on an index of the measured images (each queried photo left out of its neighbours;
+measured only with --rerank).
 
     python scripts/bench_quality.py                       # every row
     python scripts/bench_quality.py --rows frozen-gem,ours
@@ -216,10 +217,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         wall = "–" if np.isnan(r["train_s"]) else f"{r['train_s'] / 60:.1f} min"
+        p50 = "–" if np.isnan(r["query_p50_ms"]) else f"{r['query_p50_ms']:.1f} ms"
         print(
             f"| {name} | {r['recall_at_1']:.3f} | {r['recall_at_2']:.3f} | {r['recall_at_4']:.3f} | "
             f"{r['recall_at_8']:.3f} | {r['map_at_r']:.3f} | {r['enroll_5']:.3f} | "
-            f"{r['query_p50_ms']:.1f} ms | {r['epochs']} | {wall} |"
+            f"{p50} | {r['epochs']} | {wall} |"
         )
 
 
