@@ -6,7 +6,7 @@ leave-one-out, and 5-shot enrolment accuracy. Prints one table with the machine 
 With ``--rerank``, each row once per re-ranking (as ``retrieve query --rerank`` ranks; the
 5-shot label is decided before re-ranking), with the warm query latency p50 of ``retrieve
 query`` on an index of the measured images (each queried photo left out of its neighbours;
-measured only with --rerank).
+measured when --rerank names more than none).
 
     python scripts/bench_quality.py                       # every row
     python scripts/bench_quality.py --rows frozen-gem,ours
