@@ -95,7 +95,7 @@ def measure(
     labels = [test[i].label for i in emb.ok]
     enroll_5 = enrollment_accuracy(emb.vectors, labels, 5, seed=0)
     if spec is not None:  # a frozen row: the model as a folder, for build-index
-        model_ref = str(save_model_dir(loaded.net, work / "model"))
+        model_ref = str(save_model_dir(loaded.net, work / "model").parent)
     p50 = (
         query_p50(model_ref, [test[i] for i in emb.ok], work, reranks)
         if reranks != ["none"]
