@@ -36,6 +36,7 @@ from retrieval.engine.embed import Embedder
 from retrieval.engine.images import ImageInput, decode_input
 from retrieval.engine.network import ModelEntry
 from retrieval.engine.rerank import Lists, shortlist, uses_lists
+from retrieval.engine.rerank import checked as checked_rerank
 from retrieval.engine.rerank import rerank as rerank_shortlist
 from retrieval.errors import InputError, NotFoundError
 from retrieval.indexing import calibration, dba, uploads
@@ -218,11 +219,11 @@ class Retriever:
         never, the closed-set answer). ``confidence`` is the estimated probability that the
         label is right (for an unknown answer: that the best label would be wrong). A gallery
         item with the same file content as the query is left out of its neighbours (a photo
-        does not vote for itself). The neighbours are re-ranked by ``rerank`` (None: the
-        index's setting; see ``rerank_methods``): DBA and/or alpha-QE over the index's
-        shortlist (engine/rerank.py); the label is decided from the neighbours before it, so
-        the open-set calibration holds. Every path is checked before the first image is
-        answered."""
+        does not vote for itself). The neighbours shown are re-ranked by ``rerank`` ("none",
+        "dba", "qe" or "dba+qe"; None: the index's setting, see ``set_rerank``) over the
+        index's shortlist (engine/rerank.py); the label, its confidence and the unknown rule
+        come from the neighbours as found, before re-ranking. Every path is checked before the
+        first image is answered."""
         batch: list[ImageInput] = [images] if _is_one(images) else list(images)  # type: ignore[list-item, arg-type]
         for i, image in enumerate(batch):
             if isinstance(image, _PATH_TYPES) and not Path(image).is_file():
@@ -313,13 +314,11 @@ class Retriever:
     def _rerank_method(self, opened: _Opened, rerank: str | None) -> str:
         """The re-ranking a query gets: ``rerank``, else the index's setting. A sharded index
         or one searched on Ray is not re-ranked (its items' ids are per shard)."""
-        method = opened.stores[0].note(RERANK_NOTE) if rerank is None else rerank
-        if method not in RERANK_METHODS:
-            if rerank is not None:
-                raise InputError(
-                    f"--rerank must be one of {', '.join(RERANK_METHODS)}, not {rerank!r}"
-                )
-            method = DEFAULT_RERANK
+        if rerank is not None:
+            method = checked_rerank(rerank)
+        else:
+            method = opened.stores[0].note(RERANK_NOTE)
+            method = method if method in RERANK_METHODS else DEFAULT_RERANK
         if method != "none" and (len(opened.dirs) > 1 or self._ray is not None):
             if rerank is not None:
                 raise InputError("--rerank needs an unsharded index searched in this process")
@@ -363,9 +362,7 @@ class Retriever:
 
     def set_rerank(self, method: str) -> None:
         """Make ``method`` the re-ranking of this index's queries (kept with its records)."""
-        if method not in RERANK_METHODS:
-            raise InputError(f"--rerank must be one of {', '.join(RERANK_METHODS)}, not {method!r}")
-        self._writable().stores[0].set_note(RERANK_NOTE, method)
+        self._writable().stores[0].set_note(RERANK_NOTE, checked_rerank(method))
 
     def _openset(self, opened: _Opened) -> OpenSet:
         """The index's open-set state at the stores' generations, loaded (or made) when they

@@ -19,11 +19,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.config import RERANK_METHODS
+from retrieval.errors import InputError
+
 M = 3  # DBA neighbours of an item
 QE_N = 3  # shortlist items the query is expanded with
 ALPHA = 3.0  # weight of a neighbour: its cosine score (clipped at 0) to this power
 SHORTLIST = 200  # items the index returns for re-ranking (at least k)
 BLOCK = 1024
+
+
+def checked(method: str) -> str:
+    """``method`` if it is one of RERANK_METHODS; else InputError naming them."""
+    if method not in RERANK_METHODS:
+        raise InputError(f"--rerank must be one of {', '.join(RERANK_METHODS)}, not {method!r}")
+    return method
 
 
 def shortlist(k: int, method: str) -> int:

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.config import DEFAULT_RERANK, RERANK_METHODS
+from retrieval.config import DEFAULT_RERANK
 from retrieval.datasets import DatasetOptions
+from retrieval.engine.rerank import checked
 from retrieval.errors import InputError
 from retrieval.progress import ProgressFactory, no_progress
 from retrieval.training.metrics import (
@@ -58,8 +59,7 @@ def evaluate(
     as an index is; with the embeddings they came from. Recall@K and MAP@R rank the neighbours
     as ``query --rerank`` does (``rerank``); the labels (enrolment, open world) are decided
     before re-ranking, as a query decides them."""
-    if rerank not in RERANK_METHODS:
-        raise InputError(f"--rerank must be one of {', '.join(RERANK_METHODS)}, not {rerank!r}")
+    checked(rerank)
     from retrieval.nets.export import fast_embedder
     from retrieval.nets.model import load_model
 
