@@ -105,7 +105,8 @@ def _added(store: IndexStore, lists: Lists, ids: np.ndarray, x: np.ndarray) -> L
     """``lists`` after items ``ids`` (vectors ``x``) were added to the store: theirs searched,
     and the new ones put into the lists of the items they beat. Exact: an item outside a new
     one's CHECK nearest scores at most the last of those with it, so only the items whose last
-    neighbour scores under that are compared with it directly (their vectors read once)."""
+    neighbour scores under that are compared with it directly (their vectors read once, in
+    blocks)."""
     new = _searched(store, ids, x)
     if not len(lists):
         return new
@@ -122,15 +123,16 @@ def _added(store: IndexStore, lists: Lists, ids: np.ndarray, x: np.ndarray) -> L
         if len(hits) == CHECK:
             floors[col] = hits[-1].score
     risk = np.flatnonzero(last < floors.max())
-    if len(risk):
-        _, xr = store.vectors(lists.ids[risk])
-        r, c = np.nonzero(last[risk][:, None] < floors[None, :])
-        seen = np.concatenate(rows) * len(ids) + np.concatenate(cols)
-        unseen = ~np.isin(risk[r] * len(ids) + c, seen)
+    seen = np.concatenate(rows) * len(ids) + np.concatenate(cols)
+    for s in range(0, len(risk), BLOCK):
+        part = risk[s : s + BLOCK]
+        _, xr = store.vectors(lists.ids[part])
+        r, c = np.nonzero(last[part][:, None] < floors[None, :])
+        unseen = ~np.isin(part[r] * len(ids) + c, seen)
         r, c = r[unseen], c[unseen]
-        rows.append(risk[r])
+        rows.append(part[r])
         cols.append(c)
-        scores.append(np.einsum("nd,nd->n", xr[r], x[c]))
+        scores.append((xr @ x.T)[r, c])
     row, col, score = np.concatenate(rows), np.concatenate(cols), np.concatenate(scores)
     take = score > last[row]
     row, col, score = row[take], col[take], score[take]
