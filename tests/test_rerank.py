@@ -169,3 +169,15 @@ def test_build_index_leaves_current_lists(tiny_index: Path):
         kept = dba._read(store)
         assert kept is not None and kept[0] == store.generation
         assert kept[1].equals(dba.build(store)) and len(kept[1]) == 12
+
+
+def test_a_sharded_index_is_not_reranked(tmp_path: Path):
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(3):
+            write_image(tmp_path / "g" / label / f"{j}.png", color, seed=10 * ci + j)
+    retrieval.build(tmp_path / "g", tmp_path / "idx", model="tiny", shards=2)
+    q = write_image(tmp_path / "q.png", COLORS["red"], seed=79)
+    with retrieval.Retriever(tmp_path / "idx") as r:
+        assert r.query(q, k=3)[0].rerank == "none" and r.info().rerank == "none"
+        with pytest.raises(retrieval.RetrieveError, match="unsharded"):
+            r.query(q, k=3, rerank="dba")
