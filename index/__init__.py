@@ -24,15 +24,16 @@ from index.fsutil import (
     exchange,
     not_regular,
     open_regular,
+    replacing,
     sha256_file,
 )
 from index.lock import LOCK_FILE, writer_lock
 from index.manifest import FORMAT_VERSION, Manifest, read_manifest
-from index.plan import AUTO_IVF_ABOVE, INDEX_TYPES, Layout
+from index.plan import AUTO_COMPACT_ABOVE, INDEX_TYPES, Layout
 from index.store import Builder, Hit, IndexStore, Item
 
 __all__ = [
-    "AUTO_IVF_ABOVE",
+    "AUTO_COMPACT_ABOVE",
     "FORMAT_VERSION",
     "INDEX_TYPES",
     "LOCK_FILE",
@@ -68,4 +69,5 @@ __all__ = [
     "repair_index",
     "sha256_file",
     "writer_lock",
+    "replacing",
 ]

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 
 from index import backend
-from index.cache import read_sidecar
+from index.cache import read_sidecar, token_of
 from index.errors import IndexFormatError, IndexLockedError, IndexStoreError, NotAnIndexError
 from index.folder import MANIFEST, RECORDS, SIDECAR, VECTORS, temp_files
 from index.fsutil import sha256_file
 from index.lock import DEFAULT_TIMEOUT, writer_lock
 from index.manifest import Manifest, read_manifest
 from index.plan import choose
-from index.records import Audit, RecordDB
+from index.records import Audit, Changes, RecordDB
 from index.store import NORM_TOLERANCE, IndexStore
 
 _FAULTS = {
@@ -100,7 +100,6 @@ def _check(root: Path, report: CheckReport) -> None:
         report.problems.append(str(exc))
         report.source_ok = False
         manifest = None
-    audit = None
     try:
         db = RecordDB.open(root / RECORDS)
     except IndexStoreError as exc:
@@ -108,15 +107,27 @@ def _check(root: Path, report: CheckReport) -> None:
         report.source_ok = False
     else:
         try:
-            if manifest is not None:
-                audit = db.audit(manifest.dim, NORM_TOLERANCE)
-            else:
-                report.items, report.labels = db.count(), len(db.label_counts())
-        except IndexStoreError as exc:
-            report.problems.append(str(exc))
-            report.source_ok = False
+            _check_source(root, manifest, db, report)
         finally:
             db.close()
+    for entry in temp_files(root):
+        report.notes.append(
+            f"{entry.name} is a temporary file left by an interrupted write; "
+            "the next write (or --repair) removes it"
+        )
+
+
+def _check_source(root: Path, manifest: Manifest | None, db: RecordDB, report: CheckReport) -> None:
+    """The records (and, when they are sound, the FAISS base against them)."""
+    audit = None
+    try:
+        if manifest is not None:
+            audit = db.audit(manifest.dim, NORM_TOLERANCE)
+        else:
+            report.items, report.labels = db.count(), len(db.label_counts())
+    except IndexStoreError as exc:
+        report.problems.append(str(exc))
+        report.source_ok = False
     if manifest is not None and audit is not None:
         if audit.damage:
             report.problems.append(f"{RECORDS}: SQLite finds damage: {'; '.join(audit.damage)}")
@@ -128,17 +139,18 @@ def _check(root: Path, report: CheckReport) -> None:
                     f"{RECORDS}: {len(ids)} item(s) {_FAULTS[kind]} ({_ids(ids)})"
                 )
                 report.source_ok = False
-            _check_cache(root, manifest.index_type, audit, report)
-    for entry in temp_files(root):
-        report.notes.append(
-            f"{entry.name} is a temporary file left by an interrupted write; "
-            "the next write (or --repair) removes it"
-        )
+            try:
+                _check_cache(root, manifest.index_type, audit, db, report)
+            except IndexStoreError as exc:
+                report.problems.append(str(exc))
 
 
-def _check_cache(root: Path, index_type: str, audit: Audit, report: CheckReport) -> None:
-    """The FAISS file against its sidecar and the records; a layout other than the one
-    ``index_type`` wants for their number is a note."""
+def _check_cache(
+    root: Path, index_type: str, audit: Audit, db: RecordDB, report: CheckReport
+) -> None:
+    """The FAISS base against its sidecar, and against the records through the change log
+    after its generation; a layout other than the one ``index_type`` wants for their number,
+    like a base the log no longer reaches back to, is a note."""
     generation, ids, vectors = audit.generation, audit.ids, audit.vectors
     healed = "the next open rebuilds it from the records (--repair does it now)"
     try:
@@ -152,53 +164,113 @@ def _check_cache(root: Path, index_type: str, audit: Audit, report: CheckReport)
     except (OSError, ValueError) as exc:
         report.problems.append(f"{SIDECAR} is unreadable: {exc}")
         return
-    if meta["generation"] > generation:
+    base_generation = meta["generation"]
+    if base_generation > generation:
         report.problems.append(
-            f"{SIDECAR} claims generation {meta['generation']}, but the records are only at "
+            f"{SIDECAR} claims generation {base_generation}, but the records are only at "
             f"{generation}"
         )
         return
-    if not (root / VECTORS).is_file():
+    try:
+        f = (root / VECTORS).open("rb")
+    except FileNotFoundError:
         report.notes.append(f"{VECTORS} is missing; {healed}")
         return
-    if meta["generation"] < generation:
-        report.notes.append(
-            f"{VECTORS} is older than the records (generation {meta['generation']} < "
-            f"{generation}), as after a write interrupted before its rewrite; {healed}"
-        )
-        return
-    if sha256_file(root / VECTORS) != meta["sha256"]:
-        report.problems.append(f"{VECTORS} does not have the sha256 recorded in {SIDECAR}")
-        return
-    try:
-        index = backend.read_index(root / VECTORS, sha256=meta["sha256"])
-    except (OSError, IndexFormatError) as exc:
-        report.problems.append(str(exc))
-        return
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        token = token_of(f, size)
+        if "token" in meta and token and token != meta["token"]:
+            report.notes.append(
+                f"{VECTORS} is not the file {SIDECAR} describes, as after a write interrupted "
+                f"between the two; {healed}"
+            )
+            return
+        changes = db.changes_since(base_generation)
+        if not changes.complete:
+            report.notes.append(
+                f"{VECTORS} is of generation {base_generation} and the records' change log does "
+                f"not reach back to it (records at {generation}), as when a write interrupted "
+                f"before the base was rewritten; {healed}"
+            )
+            return
+        if sha256_file(root / VECTORS) != meta["sha256"]:
+            report.problems.append(f"{VECTORS} does not have the sha256 recorded in {SIDECAR}")
+            return
+        try:
+            index = backend.read_open(f, root / VECTORS, sha256=meta["sha256"])
+        except (OSError, IndexFormatError) as exc:
+            report.problems.append(str(exc))
+            return
     if backend.dim(index) != vectors.shape[1]:
         report.problems.append(
             f"{VECTORS} holds {backend.dim(index)}-d vectors, the index {vectors.shape[1]}-d"
         )
         return
-    faiss_ids, faiss_vectors = backend.contents(index)
-    if faiss_ids.size != ids.size:
-        report.problems.append(
-            f"{VECTORS} holds {faiss_ids.size} vectors, the records {ids.size} items"
-        )
-    elif not np.array_equal(faiss_ids, ids):
-        report.problems.append(
-            f"{VECTORS} holds other ids than the records "
-            f"({_ids(np.setxor1d(faiss_ids, ids))} are in only one of them)"
-        )
-    elif not np.array_equal(faiss_vectors, vectors):
-        differ = ids[~(faiss_vectors == vectors).all(axis=1)]
-        report.problems.append(f"{VECTORS} holds other vectors than the records for {_ids(differ)}")
+    _check_contents(index, ids, vectors, changes, base_generation < generation, report)
     layout = backend.layout(index)
-    due = choose(index_type, ids.size, layout)
+    count = backend.ntotal(index) + changes.added.size - changes.removed.size
+    due = choose(index_type, count, layout, vectors.shape[1])
     if due != layout:
         report.notes.append(
             f"{VECTORS} holds the layout {layout.to_json()}, but index type {index_type!r} "
-            f"wants {due.to_json()} for {ids.size} vectors; {healed}"
+            f"wants {due.to_json()} for {count} vectors; {healed}"
+        )
+
+
+_ENCODE_BATCH = 65_536
+
+
+def _check_contents(
+    index: Any,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    changes: Changes,
+    behind: bool,
+    report: CheckReport,
+) -> None:
+    """The ids of the base are those of the records at its generation (those of now without
+    the ones added since, with the ones removed since), and each item still present has its
+    record's vector (flat, ivf) or the code and list that vector gets (compact)."""
+    expected = np.union1d(np.setdiff1d(ids, changes.added), changes.removed)
+    layout = backend.layout(index)
+    if layout.type == "compact":
+        base_ids, lists, codes = backend.codes(index)
+    else:
+        base_ids, base_vectors = backend.contents(index)
+    at = " at its generation" if behind else ""
+    if base_ids.size != expected.size:
+        report.problems.append(
+            f"{VECTORS} holds {base_ids.size} vectors, the records {expected.size} items{at}"
+        )
+        return
+    if not np.array_equal(base_ids, expected):
+        report.problems.append(
+            f"{VECTORS} holds other ids than the records{at} "
+            f"({_ids(np.setxor1d(base_ids, expected))} are in only one of them)"
+        )
+        return
+    present = np.isin(base_ids, ids)
+    rows = np.searchsorted(ids, base_ids[present])
+    if layout.type != "compact":
+        mine = base_vectors[present]
+        theirs = vectors[rows]
+        if not np.array_equal(mine, theirs):
+            differ = base_ids[present][~(mine == theirs).all(axis=1)]
+            report.problems.append(
+                f"{VECTORS} holds other vectors than the records for {_ids(differ)}"
+            )
+        return
+    differ_parts = []
+    kept_ids, kept_lists, kept_codes = base_ids[present], lists[present], codes[present]
+    for start in range(0, rows.size, _ENCODE_BATCH):
+        part = slice(start, start + _ENCODE_BATCH)
+        want_lists, want_codes = backend.encode(index, vectors[rows[part]])
+        bad = (want_lists != kept_lists[part]) | ~(want_codes == kept_codes[part]).all(axis=1)
+        differ_parts.append(kept_ids[part][bad])
+    differ = np.concatenate(differ_parts) if differ_parts else np.empty(0, np.int64)
+    if differ.size:
+        report.problems.append(
+            f"{VECTORS} holds other codes than the records' vectors give for {_ids(differ)}"
         )
 
 

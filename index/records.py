@@ -1,4 +1,5 @@
-"""SQLite records of an index, its source of truth: items with their vectors, and a generation."""
+"""SQLite records of an index, its source of truth: items with their vectors, a generation, and
+the log of which ids each generation added or removed (kept in the same transaction)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ INSERT INTO meta(key, value) VALUES ('generation', '0');
 COMMIT;
 """
 
+# The change log: each write adds one row per id it added or removed, under the generation it
+# commits, so that a FAISS index saved at generation G plus the rows after G is the index of
+# now. Created by the first write of an index made before it existed.
+_LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS changes (
+    generation INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    PRIMARY KEY (generation, id)
+) WITHOUT ROWID
+"""
+ADDED, REMOVED = "add", "remove"
+
 # (name, declared type, NOT NULL, primary key) of each column, as PRAGMA table_info gives them.
 _COLUMNS = {
     "items": [
@@ -47,6 +61,11 @@ _COLUMNS = {
     ],
     "meta": [("key", "TEXT", 0, 1), ("value", "TEXT", 0, 0)],
 }
+_LOG_COLUMNS = [
+    ("generation", "INTEGER", 1, 1),
+    ("id", "INTEGER", 1, 2),
+    ("op", "TEXT", 1, 0),
+]
 
 # Stays below SQLITE_MAX_VARIABLE_NUMBER of every SQLite build (999 before 3.32).
 _CHUNK = 500
@@ -87,6 +106,23 @@ class Audit(NamedTuple):
     bad: dict[str, list[int]]
 
 
+class Changes(NamedTuple):
+    """What the writes after a generation did, from the change log: ``added`` the ids added
+    since and still present, ``removed`` the ids present then and removed since (each sorted
+    int64). ``complete`` is False when the log lacks a generation in between (pruned after the
+    FAISS index was saved at a later generation, or written by a version that kept no log): the
+    ids are then not to be relied on."""
+
+    added: np.ndarray
+    removed: np.ndarray
+    complete: bool
+
+    @property
+    def total(self) -> int:
+        """Ids added plus ids removed."""
+        return int(self.added.size + self.removed.size)
+
+
 class Row(NamedTuple):
     """One item as stored, without its vector."""
 
@@ -102,6 +138,15 @@ _ROW_COLUMNS = (
     "id, CAST(label AS TEXT), CAST(path AS TEXT), CAST(sha256 AS TEXT), CAST(added_at AS TEXT)"
 )
 _INSERT = "INSERT INTO items(label, path, sha256, added_at, vector) VALUES (?, ?, ?, ?, ?)"
+
+
+def _as_text(value: object) -> str:
+    """A value stored in a text column read as SQLite's CAST(value AS TEXT) reads it."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return f"{value:.1f}"
+    return str(value)
 
 
 def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -197,6 +242,17 @@ class RecordDB:
                         f"{self.path}: table {table} has the columns ({names}), not those of an "
                         "index database"
                     )
+            if "changes" in tables:
+                found = [
+                    (name, str(kind).upper(), notnull, pk)
+                    for _, name, kind, notnull, _, pk in self._conn.execute(
+                        "PRAGMA table_info(changes)"
+                    )
+                ]
+                if found != _LOG_COLUMNS:
+                    raise IndexFormatError(
+                        f"{self.path}: table changes does not have the columns of a change log"
+                    )
             if self.generation < 0:
                 raise IndexFormatError(f"{self.path} has a negative generation")
         except sqlite3.Error as exc:
@@ -245,6 +301,88 @@ class RecordDB:
         )
         return self.generation
 
+    def _log(self, generation: int, ids: Sequence[int], op: str) -> None:
+        """Inside a write transaction: note that ``generation`` did ``op`` to ``ids``."""
+        self._conn.execute(_LOG_SCHEMA)
+        self._conn.executemany(
+            "INSERT INTO changes(generation, id, op) VALUES (?, ?, ?)",
+            [(generation, int(i), op) for i in ids],
+        )
+
+    def _has_log(self) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes'"
+        ).fetchone()
+        return row is not None
+
+    @_guarded
+    def logged_since(self, generation: int) -> tuple[int, bool]:
+        """How many log rows the writes after ``generation`` left, and whether the log holds
+        every one of those writes (see Changes.complete): cheap, without reading the rows."""
+        with self.reading() as conn:
+            now = self.generation
+            if generation >= now:
+                return 0, generation == now
+            if not self._has_log():
+                return 0, False
+            rows, logged = conn.execute(
+                "SELECT COUNT(*), COUNT(DISTINCT generation) FROM changes WHERE generation > ?",
+                (generation,),
+            ).fetchone()
+        return int(rows), int(logged) == now - generation
+
+    @_guarded
+    def changes_since(self, generation: int) -> Changes:
+        """What the writes after ``generation`` did (see Changes), read in one snapshot."""
+        empty = np.empty(0, np.int64)
+        with self.reading() as conn:
+            now = self.generation
+            if generation >= now:
+                return Changes(empty, empty, generation == now)
+            if not self._has_log():
+                return Changes(empty, empty, False)
+            logged = conn.execute(
+                "SELECT COUNT(DISTINCT generation) FROM changes WHERE generation > ?",
+                (generation,),
+            ).fetchone()[0]
+            added: set[int] = set()
+            removed: set[int] = set()
+            rows = conn.execute(
+                "SELECT id, op FROM changes WHERE generation > ? ORDER BY generation, id",
+                (generation,),
+            )
+            known = True
+            for i, op in rows:
+                if op == ADDED:
+                    added.add(i)
+                elif op != REMOVED:
+                    known = False
+                elif i in added:
+                    added.discard(i)
+                else:
+                    removed.add(i)
+        return Changes(
+            np.array(sorted(added), np.int64),
+            np.array(sorted(removed), np.int64),
+            known and int(logged) == now - generation,
+        )
+
+    @_guarded
+    def prune_log(self, generation: int) -> None:
+        """Forget the changes up to ``generation`` (a FAISS index saved there holds them), in a
+        transaction of its own; the items and the generation do not change."""
+        if not self._has_log():
+            return
+        with self._write() as conn:
+            conn.execute("DELETE FROM changes WHERE generation <= ?", (generation,))
+
+    @_guarded
+    def log_size(self) -> int:
+        """Rows in the change log."""
+        if not self._has_log():
+            return 0
+        return int(self._conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0])
+
     @property
     @_guarded
     def generation(self) -> int:
@@ -289,13 +427,19 @@ class RecordDB:
                 conn.execute(_INSERT, (label, path, sha, added_at, vec.tobytes())).lastrowid
                 for label, path, sha, vec in zip(labels, paths, sha256s, rows, strict=True)
             ]
-            generation = self._bump() if ids else self.generation
+            generation = self.generation
+            if ids:
+                generation = self._bump()
+                self._log(generation, [int(i) for i in ids if i is not None], ADDED)
         return np.array(ids, dtype=np.int64), generation
 
     def _delete(self, ids: list[int]) -> tuple[np.ndarray, int]:
         """Inside a write transaction: delete ``ids`` (all known to exist)."""
         self._conn.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
-        generation = self._bump() if ids else self.generation
+        generation = self.generation
+        if ids:
+            generation = self._bump()
+            self._log(generation, ids, REMOVED)
         return np.array(sorted(ids), dtype=np.int64), generation
 
     @_guarded
@@ -345,6 +489,75 @@ class RecordDB:
             out.update((i, (label, path)) for i, label, path in self._conn.execute(sql, chunk))
         return out
 
+    def _blob_rows(self, blobs: list[bytes], ids: list[int], dim: int) -> np.ndarray:
+        for i, blob in zip(ids, blobs, strict=True):
+            if len(blob) != 4 * dim:
+                raise IndexFormatError(
+                    f"{self.path}: item {i} holds a vector of {len(blob)} bytes, "
+                    f"but the index holds {dim}-d float32 vectors ({4 * dim} bytes)"
+                )
+        if not blobs:
+            return np.empty((0, dim), np.float32)
+        vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim)
+        return vectors.astype(np.float32)
+
+    @_guarded
+    def vectors_of(self, ids: Iterable[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the items with these ids that exist, in id order."""
+        found_ids: list[int] = []
+        blobs: list[bytes] = []
+        for chunk in _chunks(sorted({int(i) for i in ids})):
+            sql = f"SELECT id, CAST(vector AS BLOB) FROM items WHERE id IN ({_marks(len(chunk))})"
+            for i, blob in self._conn.execute(sql + " ORDER BY id", chunk):
+                found_ids.append(i)
+                blobs.append(blob)
+        return np.array(found_ids, np.int64), self._blob_rows(blobs, found_ids, dim)
+
+    @_guarded
+    def hits(
+        self, ids: Iterable[int], dim: int
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+        """(ids, vectors, (label, path) of each) of the items with these ids that exist, in id
+        order: what a search needs to score its candidates exactly and name them."""
+        found_ids: list[int] = []
+        blobs: list[bytes] = []
+        names: list[tuple[str, str]] = []
+        for chunk in _chunks(sorted({int(i) for i in ids})):
+            sql = (
+                "SELECT id, CAST(label AS TEXT), CAST(path AS TEXT), CAST(vector AS BLOB) "
+                f"FROM items WHERE id IN ({_marks(len(chunk))}) ORDER BY id"
+            )
+            for i, label, path, blob in self._conn.execute(sql, chunk):
+                found_ids.append(i)
+                names.append((label, path))
+                blobs.append(blob)
+        return np.array(found_ids, np.int64), self._blob_rows(blobs, found_ids, dim), names
+
+    @_guarded
+    def ids(self) -> np.ndarray:
+        """Every item's id (int64), in order."""
+        cursor = self._conn.execute("SELECT id FROM items ORDER BY id")
+        parts = [
+            np.array([r[0] for r in batch], np.int64)
+            for batch in iter(lambda: cursor.fetchmany(1 << 16), [])
+        ]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def iter_vectors(self, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of (ids, vectors) of every item in id order (call inside ``reading`` for one
+        snapshot); IndexFormatError for a vector of the wrong length or not finite."""
+        for ids, _, vectors in self.iter_labelled(dim):
+            yield ids, vectors
+
+    def iter_labelled(self, dim: int) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
+        """Batches of (ids, labels, vectors) of every item in id order, as ``iter_vectors``."""
+        try:
+            yield from self._iter_vectors(dim)
+        except sqlite3.ProgrammingError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from exc
+
     @_guarded
     def rows(self, ids: Iterable[int] | None = None) -> list[Row]:
         """Every item by id, or the items with ``ids`` in that order (unknown ids left out)."""
@@ -375,9 +588,14 @@ class RecordDB:
 
     @_guarded
     def label_counts(self) -> dict[str, int]:
-        """Number of items per label, sorted by label."""
-        rows = self._conn.execute("SELECT CAST(label AS TEXT) AS l, COUNT(*) FROM items GROUP BY l")
-        return dict(sorted(rows))
+        """Number of items per label, sorted by label. Grouped on the column as stored, which
+        walks the label index in order (a million items: 0.1 s; grouping on CAST(label AS TEXT)
+        sorts them first: 0.4 s), then a label stored as other than text is read as text."""
+        counts: dict[str, int] = {}
+        for label, n in self._conn.execute("SELECT label, COUNT(*) FROM items GROUP BY label"):
+            text = label if isinstance(label, str) else _as_text(label)
+            counts[text] = counts.get(text, 0) + int(n)
+        return dict(sorted(counts.items()))
 
     @_guarded
     def count(self) -> int:
@@ -391,20 +609,20 @@ class RecordDB:
 
     def _iter_vectors(
         self, dim: int, ids: Sequence[int] | None = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Batches of (ids int64, vectors float32 (b, dim)) in id order (of every item, or of
-        those of ``ids`` that exist); IndexFormatError for a vector of the wrong length or
-        holding NaN or infinity."""
+    ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
+        """Batches of (ids int64, labels, vectors float32 (b, dim)) in id order (of every item,
+        or of those of ``ids`` that exist); IndexFormatError for a vector of the wrong length
+        or holding NaN or infinity."""
         batches: Iterable[list[Any]]
+        columns = "id, CAST(label AS TEXT), CAST(vector AS BLOB)"
         if ids is None:
-            cursor = self._conn.execute("SELECT id, CAST(vector AS BLOB) FROM items ORDER BY id")
+            cursor = self._conn.execute(f"SELECT {columns} FROM items ORDER BY id")
             batches = iter(lambda: cursor.fetchmany(_FETCH), [])
         else:
             wanted = sorted({int(i) for i in ids})
             batches = (
                 self._conn.execute(
-                    f"SELECT id, CAST(vector AS BLOB) FROM items WHERE id IN "
-                    f"({_marks(len(chunk))}) ORDER BY id",
+                    f"SELECT {columns} FROM items WHERE id IN ({_marks(len(chunk))}) ORDER BY id",
                     chunk,
                 ).fetchall()
                 for chunk in _chunks(wanted)
@@ -412,21 +630,21 @@ class RecordDB:
         for batch in batches:
             if not batch:
                 continue
-            for i, blob in batch:
+            for i, _, blob in batch:
                 if len(blob) != 4 * dim:
                     raise IndexFormatError(
                         f"{self.path}: item {i} holds a vector of {len(blob)} bytes, "
                         f"but the index holds {dim}-d float32 vectors ({4 * dim} bytes)"
                     )
-            keys = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
-            flat = np.frombuffer(b"".join(blob for _, blob in batch), dtype="<f4")
+            keys = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
+            flat = np.frombuffer(b"".join(r[2] for r in batch), dtype="<f4")
             vectors = flat.reshape(len(batch), dim).astype(np.float32)
             finite = np.isfinite(vectors).all(axis=1)
             if not finite.all():
                 raise IndexFormatError(
                     f"{self.path}: item {keys[~finite][0]} holds a vector with NaN or infinity"
                 )
-            yield keys, vectors
+            yield keys, [r[1] for r in batch], vectors
 
     @_guarded
     def audit(self, dim: int, norm_tolerance: float) -> Audit:
@@ -483,8 +701,8 @@ class RecordDB:
         if not batches:
             return np.empty(0, np.int64), np.empty((0, dim), np.float32)
         return (
-            np.concatenate([ids for ids, _ in batches]),
-            np.concatenate([vecs for _, vecs in batches]),
+            np.concatenate([ids for ids, _, _ in batches]),
+            np.concatenate([vecs for _, _, vecs in batches]),
         )
 
     @_guarded

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from index import backend
-from index.cache import FaissCache
+from index.cache import FaissCache, Stale
 from index.errors import (
     IndexExistsError,
     IndexStoreError,
@@ -29,6 +29,7 @@ from index.errors import (
 )
 from index.folder import MANIFEST, OWN_FILES, RECORDS, VECTORS, file_id, is_own, temp_files
 from index.fsutil import atomic_write_bytes
+from index.live import LiveIndex, merge_due
 from index.lock import DEFAULT_TIMEOUT, LOCK_FILE, writer_lock
 from index.manifest import Manifest, now_iso, read_manifest, write_manifest
 from index.plan import Layout, check_type, choose
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 NORM_TOLERANCE = 1e-3
 _OPEN_TRIES = 5
+LOAD_AT_MOST = 40_000
+"""A base further behind the records than this many changes is rebuilt from them rather than
+caught up (a bulk build's end, an index written by something that did not merge)."""
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -144,13 +148,14 @@ class IndexStore:
         self._write_depth = 0
         self._bulk_depth = 0
         self._cache_behind = False
-        self._builder: Builder = backend.build_index
-        self._index: Any = None
+        self._builder: Builder | None = None
+        self._index: LiveIndex | None = None
         self._cache = FaissCache(root)
+        self._rejected: str | None = None  # why the base read last could not be used (damaged)
         self._generation = -1
         if new:
             self._rebuild_memory()
-            self._save_cache(self._index, self._generation)
+            self._save_cache(self._live(), self._generation)
         elif not lazy:
             self._load()
 
@@ -335,9 +340,8 @@ class IndexStore:
     @_serialised
     def layout(self) -> Layout:
         """The FAISS index in use: its type and, for IVF, its lists and lists searched."""
-        if self._records().generation != self._generation:
-            self._load()
-        return backend.layout(self._index)
+        self._sync()
+        return self._live().layout
 
     @_serialised
     def __len__(self) -> int:
@@ -351,53 +355,158 @@ class IndexStore:
         return self._db
 
     def _load(self, *, persist: bool = True) -> bool:
-        """Make the in-memory FAISS index match the records: from the cache file if it is
-        current, else rebuilt from SQLite (and, with ``persist``, the cache rewritten if this
-        process may). Returns whether it was rebuilt."""
-        generation, count = self._records().generation_and_count()
-        index = self._read_cache(generation, count)
-        if index is not None:
-            self._index, self._generation = index, generation
+        """Make the in-memory index match the records: the FAISS base plus the change log
+        after it when they can be used, else rebuilt from SQLite (and, with ``persist``, the
+        base rewritten if this process may). Returns whether it was rebuilt."""
+        db = self._records()
+        self._rejected = None
+        with db.reading():
+            generation = db.generation
+            live = self._from_base(generation)
+        if live is not None:
+            self._index, self._generation = live, generation
             return False
         n = self._rebuild_memory()
         log.info("rebuilt %s from %d records", self._root / VECTORS, n)
-        if self._cache.rejected is not None:
-            log.warning("%s", self._cache.rejected)
+        if self._rejected is not None:
+            log.warning("%s; rebuilt it from the records", self._rejected)
         if persist:
             self._persist_cache()
         return True
 
+    def _from_base(self, generation: int) -> LiveIndex | None:
+        """Inside a read snapshot at ``generation``: the base plus the changes logged since, if
+        the base is this store's, intact, not ahead of the records, followed by a whole log,
+        and of the layout the count calls for; else None, the reason logged."""
+        if self._replaced():
+            log.info("%s now holds another index; rebuilding from the records opened", self._root)
+            return None
+        try:
+            base = self._cache.read(self.dim)
+        except Stale as exc:
+            if exc.damaged:  # warned about once the rebuild has worked: the records may be at fault
+                self._rejected = str(exc)
+            else:
+                log.info("%s; rebuilding it from the records", exc)
+            return None
+        db = self._records()
+        if base.generation > generation:
+            log.warning(
+                "%s claims generation %d, the records are at %d; rebuilding it",
+                self._cache.sidecar,
+                base.generation,
+                generation,
+            )
+            return None
+        rows, complete = db.logged_since(base.generation)
+        if not complete:
+            log.info(
+                "%s is of generation %d and the records' change log does not reach back to it; "
+                "rebuilding it",
+                self._cache.vectors,
+                base.generation,
+            )
+            return None
+        if rows > LOAD_AT_MOST:
+            log.info(
+                "%s is %d changes behind the records; rebuilding it", self._cache.vectors, rows
+            )
+            return None
+        live = LiveIndex(base.index, base.generation)
+        if not self._catch_up(live, base.generation):
+            return None
+        if not self._fits(live.layout, live.ntotal):
+            log.info(
+                "%s holds the layout %s, not the one index type %r wants for %d vectors; "
+                "rebuilding it",
+                self._cache.vectors,
+                live.layout.to_json(),
+                self._manifest.index_type,
+                live.ntotal,
+            )
+            return None
+        return live
+
+    def _catch_up(self, live: LiveIndex, since: int) -> bool:
+        """Inside a read snapshot: apply to ``live`` (the index of generation ``since``) what
+        the log says was written after it. False, having changed nothing, if the log does not
+        reach back to ``since`` or does not fit ``live``."""
+        db = self._records()
+        changes = db.changes_since(since)
+        if not changes.complete:
+            return False
+        added_ids, added = db.vectors_of(changes.added, self.dim)
+        if added_ids.size != changes.added.size:
+            log.warning("%s: the change log names items that are gone", db.path)
+            return False
+        if changes.removed.size:
+            live.remove(changes.removed)
+        if added_ids.size:
+            live.add(added_ids, added)
+        return True
+
     def _rebuild_memory(self) -> int:
         """Build the in-memory FAISS index from one snapshot of the records, of the layout their
-        number calls for (the current one while it fits); returns its size."""
-        current = None if self._index is None else backend.layout(self._index)
+        number calls for (the current one while it fits); returns its size. The records are
+        read a batch at a time, unless a bulk build passed a builder, which takes them all."""
+        current = None if self._index is None else self._index.layout
         self._index, self._generation = None, -1
-        generation, ids, vectors = self._records().snapshot(self.dim)
-        layout = choose(self._manifest.index_type, len(ids), current)
-        self._index = self._builder(layout, ids, vectors)
+        db = self._records()
+        if self._builder is not None:
+            generation, ids, vectors = db.snapshot(self.dim)
+            layout = choose(self._manifest.index_type, len(ids), current, self.dim)
+            index = self._builder(layout, ids, vectors)
+        else:
+            with db.reading():
+                generation = db.generation
+                ids = db.ids()
+                layout = choose(self._manifest.index_type, len(ids), current, self.dim)
+                if layout.type == "flat":
+                    index = backend.new_flat_index(self.dim)
+                else:
+                    _, sample = db.vectors_of(
+                        ids[backend.training_rows(layout, len(ids))], self.dim
+                    )
+                    index = backend.trained_index(layout, sample)
+                for batch_ids, vectors in db.iter_vectors(self.dim):
+                    backend.add_with_ids(index, vectors, batch_ids)
+        self._index = LiveIndex(index, generation)
         self._generation = generation
         return len(ids)
 
-    def _fits(self, index: Any, count: int) -> bool:
-        """Whether ``index`` is of the layout the manifest's type wants for ``count`` vectors."""
-        layout = backend.layout(index)
-        return choose(self._manifest.index_type, count, layout) == layout
+    def _fits(self, layout: Layout, count: int) -> bool:
+        """Whether ``layout`` is the one the manifest's type wants for ``count`` vectors."""
+        return choose(self._manifest.index_type, count, layout, self.dim) == layout
 
-    def _refit(self) -> None:
-        """With the writer lock held: rebuild the in-memory index from the records if their
-        number now calls for another layout (flat to IVF past the auto threshold, new lists)."""
-        if not self._fits(self._index, backend.ntotal(self._index)):
-            old = backend.layout(self._index)
+    def _maintain(self, *, save: bool = False) -> None:
+        """With the writer lock held, after a write: rebuild the index from the records if their
+        number now calls for another layout (flat to compact past the auto threshold, new
+        lists), or rewrite the base with the changes since it once they are many; then save it.
+        Otherwise nothing is written (unless ``save``): the records' change log carries the
+        write."""
+        live = self._live()
+        if not self._fits(live.layout, live.ntotal):
+            old = live.layout
             n = self._rebuild_memory()
             log.info(
-                "rebuilt %s for %d vectors: %s, was %s", self._root / VECTORS, n, self.layout, old
+                "rebuilt %s for %d vectors: %s, was %s",
+                self._root / VECTORS,
+                n,
+                self._live().layout,
+                old,
             )
+        elif merge_due(live.changes, backend.ntotal(live.base)):
+            self._index = LiveIndex(live.materialise(), self._generation)
+            log.info("merged %d changes into %s", live.changes, self._root / VECTORS)
+        elif not save:
+            return
+        self._save_cache(self._live(), self._generation)
 
     def _persist_cache(self) -> None:
-        """Rewrite the cache from the in-memory index, if it is still current and the writer
-        lock can be had without waiting. Readers never wait: when a writer holds the lock, the
-        writer rewrites the cache itself. Cache writes are thus never concurrent, so the FAISS
-        file and its sidecar are always written as a pair."""
+        """Save the in-memory index as the base, if it is still current and the writer lock can
+        be had without waiting. Readers never wait: when a writer holds the lock, the writer
+        saves it itself. Base writes are thus never concurrent, so the FAISS file and its
+        sidecar are always written as a pair."""
         try:
             if not self._lock.acquire(timeout=0):
                 return
@@ -409,7 +518,7 @@ class IndexStore:
                 return
             if self._write_depth == 0:
                 self._remove_stale_temps()
-            if self._records().generation == self._generation:
+            if self._index is not None and self._records().generation == self._generation:
                 self._save_cache(self._index, self._generation)
         finally:
             self._lock.release()
@@ -426,40 +535,44 @@ class IndexStore:
         in by ``build-index --force``): its files are then not this store's to read or write."""
         return file_id(self._root / RECORDS) != self._records_id
 
-    def _read_cache(self, generation: int, count: int) -> Any:
-        """The cached FAISS index if it is this store's, current, and of the layout its count
-        calls for; else None (it is then rebuilt from the records)."""
-        if self._replaced():
-            log.info("%s now holds another index; rebuilding from the records opened", self._root)
-            return None
-        index = self._cache.read(generation, count, self.dim)
-        if index is not None and not self._fits(index, count):
-            log.info(
-                "%s holds the layout %s, not the one index type %r wants for %d vectors; "
-                "rebuilding it",
-                self._cache.vectors,
-                backend.layout(index).to_json(),
-                self._manifest.index_type,
-                count,
-            )
-            return None
-        return index
-
-    def _save_cache(self, index: Any, generation: int) -> None:
-        """Rewrite the cache; a failure only costs a rebuild at the next open."""
+    def _save_cache(self, live: LiveIndex, generation: int) -> None:
+        """Save ``live`` as the base of ``generation`` (written from memory when it holds changes
+        since its base) and drop the log it holds; a failure only costs a rebuild at the next
+        open."""
+        index = live.base if not live.changes else live.materialise()
         try:
             self._cache.write(index, generation)
-        except (OSError, RuntimeError) as exc:
+            self._records().prune_log(generation)
+        except (OSError, RuntimeError, IndexStoreError) as exc:
             log.warning(
                 "could not write %s (%s); it will be rebuilt when next opened",
                 self._cache.vectors,
                 exc,
             )
 
-    def _sync(self) -> None:
-        """Reload if another connection wrote since this one last looked."""
-        if self._records().generation != self._generation:
-            self._load()
+    def _sync(self, *, persist: bool = True) -> bool:
+        """Follow what other connections wrote since this one last looked: the changes logged
+        since applied in memory, or (when the log no longer reaches back, or they have grown
+        past a merge) the base read again. Returns whether the index was rebuilt from the
+        records (see ``_load``)."""
+        db = self._records()
+        if self._index is None:
+            return self._load(persist=persist)
+        with db.reading():
+            generation = db.generation
+            if generation == self._generation:
+                return False
+            live = self._index
+            if not self._replaced() and self._catch_up(live, self._generation):
+                self._generation = generation
+                if not merge_due(live.changes, backend.ntotal(live.base)):
+                    return False
+            return self._load(persist=persist)
+
+    def _live(self) -> LiveIndex:
+        if self._index is None:
+            raise IndexStoreError(f"the index at {self._root} is not loaded")
+        return self._index
 
     def _remove_stale_temps(self) -> None:
         """With the writer lock held: temp files are left by killed writers (every writer of
@@ -474,7 +587,8 @@ class IndexStore:
         with self.writing():
             n = self._rebuild_memory()
             try:
-                self._cache.write(self._index, self._generation)
+                self._cache.write(self._live().base, self._generation)
+                self._records().prune_log(self._generation)
             except (OSError, RuntimeError) as exc:
                 raise IndexStoreError(f"could not write {self._root / VECTORS}: {exc}") from exc
         return n
@@ -510,13 +624,13 @@ class IndexStore:
 
     @contextmanager
     def bulk(self, build: Builder | None = None) -> Iterator[None]:
-        """Hold the writer lock for many writes in a row and rewrite the FAISS cache once, when
-        the block ends, instead of after each write (build-index fills its index this way).
+        """Hold the writer lock for many writes in a row and bring the FAISS base up to date
+        once, when the block ends (build-index fills its index this way): the in-memory index
+        is dropped meanwhile, and rebuilt from the records at the end when the writes were many.
         Every write is still committed when it returns; if the process dies inside the block,
-        the cache is merely stale and rebuilt from the records on the next open. ``build``
+        the base is merely behind and caught up or rebuilt on the next open. ``build``
         (layout, ids, vectors) -> FAISS index, if given, makes the index that the end of the
-        block builds from the records when their number calls for another layout (the Ray
-        build adds to IVF lists in parallel this way)."""
+        block builds from the records (the Ray build adds to IVF lists in parallel this way)."""
         with self.writing():
             self._bulk_depth += 1
             try:
@@ -524,33 +638,33 @@ class IndexStore:
             finally:
                 self._bulk_depth -= 1
             if not self._bulk_depth and self._cache_behind:
-                if build is not None:
-                    self._builder = build
+                self._builder = build
                 try:
-                    self._refit()
+                    if self._index is None:
+                        self._load(persist=False)
+                    self._maintain(save=True)
                 finally:
-                    self._builder = backend.build_index
-                self._save_cache(self._index, self._generation)
+                    self._builder = None
                 self._cache_behind = False
 
-    def _apply(self, generation: int, change: Callable[[Any], object]) -> None:
+    def _apply(self, generation: int, change: Callable[[LiveIndex], object]) -> None:
         """Follow a committed write: apply it in memory when it is the only one since the last
-        sync, else reload from the records; then, unless in ``bulk``, change the layout if the
-        new number of vectors calls for it and rewrite the cache."""
-        if generation != self._generation + 1:
-            self._load()
-            return
-        try:
-            change(self._index)
-        except BaseException:
-            self._generation = -1
-            raise
-        self._generation = generation
+        sync, else catch up with the records; then, unless in ``bulk``, rebuild or merge the
+        base if it is due (``_maintain``). In ``bulk`` the in-memory index is dropped."""
         if self._bulk_depth:
+            self._index, self._generation = None, -1
             self._cache_behind = True
+            return
+        if self._index is None or generation != self._generation + 1:
+            self._sync()
         else:
-            self._refit()
-            self._save_cache(self._index, generation)
+            try:
+                change(self._live())
+            except BaseException:
+                self._index, self._generation = None, -1
+                raise
+            self._generation = generation
+        self._maintain()
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -592,7 +706,7 @@ class IndexStore:
             return np.empty(0, np.int64)
         with self.writing():
             ids, generation = db.insert(labels, paths, sha256s, rows, now_iso())
-            self._apply(generation, lambda index: backend.add_with_ids(index, rows, ids))
+            self._apply(generation, lambda live: live.add(ids, rows))
         log.debug("added %d items to %s", n, self._root)
         return ids
 
@@ -605,7 +719,7 @@ class IndexStore:
         with self.writing():
             gone, generation = db.delete_ids(wanted.tolist())
             if gone.size:
-                self._apply(generation, lambda index: backend.remove_ids(index, gone))
+                self._apply(generation, lambda live: live.remove(gone))
                 log.debug("removed %d items from %s", gone.size, self._root)
         return int(gone.size)
 
@@ -627,7 +741,7 @@ class IndexStore:
             rows, generation = db.delete_where(column, value)
             if rows:
                 ids = np.array([r.id for r in rows], dtype=np.int64)
-                self._apply(generation, lambda index: backend.remove_ids(index, ids))
+                self._apply(generation, lambda live: live.remove(ids))
                 log.debug("removed %d items from %s", ids.size, self._root)
         return [_item(r) for r in rows]
 
@@ -635,7 +749,11 @@ class IndexStore:
 
     @_serialised
     def search(self, vectors: ArrayLike, k: int) -> list[list[Hit]]:
-        """The at most min(k, len) nearest items of each query row, best (highest score) first."""
+        """The at most min(k, len) nearest items of each query row, best (highest score) first.
+
+        Every score is the cosine of the query with the item's vector in the records: FAISS
+        only proposes candidates (for a compact index, its ``rerank`` best codes), which are
+        scored exactly here."""
         k = operator.index(k)
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
@@ -643,22 +761,34 @@ class IndexStore:
         queries = self._check_vectors(vectors, unit=False)
         if queries.shape[0] == 0:
             return []
-        # One snapshot for the FAISS index and the labels: an item removed meanwhile by another
+        # One snapshot for the FAISS index and the items: an item removed meanwhile by another
         # process is either in both or in neither.
         with db.reading():
-            rebuilt = db.generation != self._generation and self._load(persist=False)
-            scores, ids = backend.search(self._index, queries, k)
-            known = db.lookup(ids[ids >= 0].tolist())
+            rebuilt = self._sync(persist=False)
+            candidates = self._live().candidates(queries, k)
+            ids, found, names = db.hits(np.concatenate(candidates), self.dim)
         if rebuilt:
             self._persist_cache()
         return [
-            [
-                Hit(int(i), float(s), *known[int(i)])
-                for s, i in zip(score_row, id_row, strict=True)
-                if int(i) in known
-            ]
-            for score_row, id_row in zip(scores, ids, strict=True)
+            self._best(q, c, ids, found, names, k) for q, c in zip(queries, candidates, strict=True)
         ]
+
+    @staticmethod
+    def _best(
+        query: np.ndarray,
+        candidates: np.ndarray,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        names: list[tuple[str, str]],
+        k: int,
+    ) -> list[Hit]:
+        """The best ``k`` of ``candidates`` for ``query``, scored with their vectors (``ids``,
+        sorted, ``vectors`` and ``names`` as ``RecordDB.hits`` gives them)."""
+        at = np.searchsorted(ids, candidates)
+        at = at[(at < ids.size) & (ids[np.minimum(at, ids.size - 1)] == candidates)]
+        scores = vectors[at] @ query
+        order = np.lexsort((ids[at], -scores))[:k]
+        return [Hit(int(ids[at[j]]), float(scores[j]), *names[at[j]]) for j in order]
 
     @_serialised
     def note(self, key: str) -> Any:
@@ -717,6 +847,19 @@ class IndexStore:
             items = [_item(row) for row in db.rows()]
             _, vectors = db.all_vectors(self.dim)
         return items, vectors
+
+    @_serialised
+    def scan(self, visit: Callable[[np.ndarray, list[str], np.ndarray], object]) -> int:
+        """Hand every item's (ids, labels, vectors) to ``visit``, a batch of a few thousand at a
+        time in id order, from one snapshot of the records; returns that snapshot's generation.
+        Memory stays that of one batch, whatever the size of the gallery (a million 1280-d
+        vectors are 5 GB). The store is busy meanwhile: other threads wait."""
+        db = self._records()
+        with db.reading():
+            generation = db.generation
+            for ids, labels, vectors in db.iter_labelled(self.dim):
+                visit(ids, labels, vectors)
+        return generation
 
     @_serialised
     def find(self, *, label: str | None = None, path: str | None = None) -> list[Item]:

@@ -500,13 +500,12 @@ class Retriever:
                 raise InputError(
                     f"none of the images for {label!r} could be read; nothing enrolled"
                 )
-        counts = label_counts(opened.stores)
         return EnrollReport(
             label,
             tuple(embedded.added),
             tuple(dupes + embedded.duplicates),
             tuple([*skipped, *embedded.failures]),
-            counts.get(label, 0),
+            sum(len(store.find(label=label)) for store in opened.stores),
         )
 
     def remove(

@@ -213,11 +213,28 @@ def sidecar(root: Path) -> dict:
     return json.loads((root / "vectors.faiss.json").read_text(encoding="utf-8"))
 
 
+def logged_generations(root: Path, after: int) -> set[int]:
+    """The generations after ``after`` that the records' change log holds."""
+    with closing(sqlite3.connect(root / "records.sqlite")) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT generation FROM changes WHERE generation > ?", (after,)
+        )
+        return {int(r[0]) for r in rows}
+
+
 def cache_is_current(root: Path) -> bool:
-    """Whether the FAISS cache on disk is recorded for the records' generation and intact."""
+    """Whether the FAISS base on disk is intact and, with the records' change log after its
+    generation, gives the records of now (the log holds every generation since)."""
     meta = sidecar(root)
     digest = hashlib.sha256((root / "vectors.faiss").read_bytes()).hexdigest()
-    return meta["generation"] == db_generation(root) and meta["sha256"] == digest
+    now = db_generation(root)
+    behind = set(range(meta["generation"] + 1, now + 1))
+    return meta["sha256"] == digest and logged_generations(root, meta["generation"]) == behind
+
+
+def base_is_current(root: Path) -> bool:
+    """Whether the FAISS base on disk is intact and of the records' generation (merged)."""
+    return cache_is_current(root) and sidecar(root)["generation"] == db_generation(root)
 
 
 def build_tiny_index(root: Path) -> Path:

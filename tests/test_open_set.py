@@ -13,7 +13,9 @@ import pytest
 import retrieval
 from index import IndexStore
 from retrieval.datasets.synthetic import make_gallery
+from retrieval.engine import openset
 from retrieval.engine.openset import Stats
+from retrieval.indexing import calibration
 from retrieval.indexing.calibration import FILE, OpenSet
 
 from .helpers import COLORS, run, write_image
@@ -25,7 +27,9 @@ def index(tiny_index: Path) -> Path:
 
 
 def kept(index: Path) -> OpenSet:
-    return OpenSet.from_file(index / FILE)
+    state = calibration._read(index)  # the state file and the commits it followed since
+    assert state is not None
+    return state
 
 
 def assert_matches_the_records(index: Path) -> None:
@@ -133,3 +137,119 @@ def test_a_species_the_gallery_lacks_is_unknown_by_default(tmp_path: Path):
         if a.label is None:
             assert a.unknown_because.startswith("like no label of the index")
             assert a.suggestions and a.vote_share > 0
+
+
+def _clustered(n: int, classes: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    which = rng.integers(0, classes, n)
+    x = centres[which] + 0.8 * rng.normal(size=(n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), [f"c{c}" for c in which]
+
+
+def test_nearest_over_blocks_is_the_exact_top_k_without_the_query(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    x, _ = _clustered(200, 5)
+    own = np.array([0, 57, 199], np.int64)
+    sims = x[own] @ x.T
+    sims[np.arange(3), own] = -np.inf
+    truth = np.argsort(-sims, axis=1, kind="stable")[:, :6]
+    monkeypatch.setattr(openset, "_GALLERY_BLOCK", 7)  # 29 blocks, the last of 4 rows
+    scores, rows = openset.nearest(x[own], openset.InMemory(x), 6, own)
+    assert np.array_equal(rows, truth)
+    assert np.allclose(scores, np.take_along_axis(sims, truth, 1))
+
+
+def test_a_gallery_on_disk_is_calibrated_as_the_same_gallery_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Two stores (the shards of one index), read a few rows at a time: the same statistics,
+    shape and calibration as their vectors held in memory."""
+    x, labels = _clustered(300, 12)
+    stores = []
+    for s, part in enumerate((slice(0, 170), slice(170, 300))):
+        store = IndexStore.create(tmp_path / f"s{s}", 16, {"name": "test"})
+        rows = range(300)[part]
+        store.add(x[part], labels[part], [f"/{i}.png" for i in rows], [f"{i:064x}" for i in rows])
+        stores.append(store)
+    monkeypatch.setattr(calibration, "_SCAN_ROWS", 23)
+    try:
+        state = calibration._fit(stores)
+    finally:
+        for store in stores:
+            store.close()
+    stats = Stats.of(x, labels)
+    shape = openset.Shape.of(stats)
+    expected = openset.calibrate(openset.InMemory(x), labels, stats, shape)
+    got = state.calibration
+    assert (got.n, got.classes, got.probes) == (expected.n, expected.classes, expected.probes)
+    assert (got.threshold, got.intercept, got.slope) == pytest.approx(
+        (expected.threshold, expected.intercept, expected.slope), rel=1e-9
+    )  # the statistics are summed a batch at a time: equal to rounding
+    assert np.allclose(state.stats.to_arrays()["sums"], stats.to_arrays()["sums"], atol=1e-9)
+    assert state.generations == (1, 1)
+
+
+def test_a_store_changed_between_the_two_reads_is_noticed(tmp_path: Path):
+    x, labels = _clustered(40, 4)
+    with IndexStore.create(tmp_path / "s", 16, {"name": "test"}) as store:
+        ids = store.add(
+            x, labels, [f"/{i}.png" for i in range(40)], [f"{i:064x}" for i in range(40)]
+        )
+        gallery = calibration._Stores([store], None)
+        store.remove_ids(ids[10:11])
+        with pytest.raises(calibration._Changed):
+            list(gallery.blocks())
+        with pytest.raises(calibration._Changed):
+            gallery.take(np.array([3, 10]))
+
+
+def test_small_commits_are_followed_beside_the_state_not_by_rewriting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A commit too small to refit the calibration writes only itself (FOLLOWED), never the
+    whole state; the state read back is the records' all the same; past _FOLLOW_AT_MOST items
+    the whole state is written and FOLLOWED dropped."""
+    x, labels = _clustered(120, 6)
+    root = tmp_path / "idx"
+
+    def commit(store: IndexStore, rows: slice) -> None:
+        before = store.generation
+        numbers = range(120)[rows]
+        store.add(
+            x[rows], labels[rows], [f"/{i}.png" for i in numbers], [f"{i:064x}" for i in numbers]
+        )
+        calibration.follow(root, [store], store, before, x[rows], labels[rows], 1)
+        calibration.refresh(root, [store])
+
+    def matches(store: IndexStore) -> None:
+        state = calibration._read(root)
+        items, vectors = store.labelled_vectors()
+        assert state is not None and state.generations == (store.generation,)
+        fresh = Stats.of(vectors, [i.label for i in items]).to_arrays()
+        got = state.stats.to_arrays()
+        order, ref = np.argsort(got["labels"]), np.argsort(fresh["labels"])
+        assert np.array_equal(got["counts"][order], fresh["counts"][ref])
+        assert np.allclose(got["sums"][order], fresh["sums"][ref], atol=1e-9)
+
+    monkeypatch.setattr(calibration, "_FOLLOW_AT_MOST", 4)
+    with IndexStore.create(root, 16, {"name": "test"}) as store:
+        commit(store, slice(0, 100))  # the first state: fitted and written whole
+        written = (root / FILE).read_bytes()
+        assert not (root / calibration.FOLLOWED).exists()
+        commit(store, slice(100, 102))
+        commit(store, slice(102, 104))  # 4 items followed: under 5 % of 100, no refit
+        assert (root / FILE).read_bytes() == written
+        followed = (root / calibration.FOLLOWED).read_bytes()
+        matches(store)
+        commit(store, slice(104, 105))  # a fifth: past _FOLLOW_AT_MOST, written whole
+        assert (root / FILE).read_bytes() != written
+        assert not (root / calibration.FOLLOWED).exists()
+        matches(store)
+        (root / calibration.FOLLOWED).write_bytes(followed)  # as if killed before dropping it
+        matches(store)  # its commits precede the state: not applied twice
+        commit(store, slice(105, 106))  # 6 items since the calibration's 100: refitted
+        assert not (root / calibration.FOLLOWED).exists()
+        assert calibration._read(root).calibration.n == 106

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from index import AUTO_IVF_ABOVE, INDEX_TYPES, one_line
+from index import AUTO_COMPACT_ABOVE, INDEX_TYPES, one_line
 from retrieval.config import (
     DEFAULT_RERANK,
     INDEX_ENV,
@@ -175,8 +175,9 @@ def main() -> None:
     type=click.Choice(INDEX_TYPES),
     default="auto",
     show_default=True,
-    help="FAISS index: flat (exact), ivf (inverted lists, approximate), or auto: flat up to "
-    f"{AUTO_IVF_ABOVE:,} images, then ivf.",
+    help="FAISS index: flat (exact), ivf (inverted lists, approximate), compact (8-bit codes in "
+    "inverted lists, re-scored exactly), or auto: flat up to "
+    f"{AUTO_COMPACT_ABOVE:,} images, then compact.",
 )
 @click.option(
     "--known-accept",

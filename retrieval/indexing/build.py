@@ -251,7 +251,7 @@ def build_index(
     """Embed every image of a gallery into a new index at ``index_dir``: a folder with one
     sub-folder per label, or a benchmark in its official layout read with ``dataset``'s options
     (format, split, bounding-box crop, label level). ``index_type`` is "auto" (exact search up to
-    index.AUTO_IVF_ABOVE vectors, then IVF), "flat" or "ivf". With ``shards`` > 1 the index is a
+    index.AUTO_COMPACT_ABOVE vectors, then compact), "flat", "ivf" or "compact". With ``shards`` > 1 the index is a
     sharded one (retrieval/shards.py): the images dealt round-robin to that many ordinary index
     folders. ``embedding`` says where the images are embedded (this process, or a Ray cluster).
 

@@ -12,18 +12,17 @@ items or labels changed since they were (``refresh``).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from index import IndexStore, atomic_write_bytes, writer_lock
+from index import IndexStore, IndexStoreError, replacing, writer_lock
 from retrieval.engine.openset import (
     ABSENT_SHARE,
     KNOWN_ACCEPT,
@@ -38,7 +37,14 @@ from retrieval.errors import InputError
 log = logging.getLogger(__name__)
 
 FILE = "openset.npz"
+FOLLOWED = "openset.follow.npz"
 NOTE = "open_set"
+_FOLLOW_AT_MOST = 2_000  # items kept in FOLLOWED (10 MB at 1280-d) before the state is rewritten
+
+Followed = tuple[tuple[int, ...], tuple[int, ...], list[str], int, np.ndarray]
+"""A commit kept in FOLLOWED: (generations before, after, labels, sign, vectors)."""
+_SCAN_ROWS = 32768  # gallery rows read from the records at a time while calibrating
+_TRIES = 3  # fits started again when a store is written to meanwhile
 
 
 @dataclass
@@ -54,8 +60,7 @@ class OpenSet:
     def scorer(self) -> Scorer:
         return Scorer(self.stats, self.shape)
 
-    def to_bytes(self) -> bytes:
-        out = io.BytesIO()
+    def save(self, out: BinaryIO) -> None:
         meta = {"generations": list(self.generations), "calibration": self.calibration.to_json()}
         np.savez(
             out,
@@ -63,7 +68,6 @@ class OpenSet:
             **self.stats.to_arrays(),
             **self.shape.to_arrays(),
         )
-        return out.getvalue()
 
     @classmethod
     def from_file(cls, path: Path) -> OpenSet:
@@ -100,40 +104,192 @@ def _generations(stores: Sequence[IndexStore]) -> tuple[int, ...]:
 
 
 def _read(root: Path) -> OpenSet | None:
+    """The kept state, with the commits followed since it was written applied to it."""
     path = root / FILE
     try:
-        return OpenSet.from_file(path)
+        state = OpenSet.from_file(path)
     except FileNotFoundError:
         return None
     except Exception as exc:  # a damaged or foreign file: derived data, made anew
         log.warning("%s cannot be used (%s); making it anew from the records", path, exc)
         return None
+    for then, now, labels, sign, vectors in _followed(root):
+        if then == state.generations:
+            try:
+                state.stats.update(vectors, labels, sign)
+            except ValueError as exc:
+                log.warning("%s cannot be used (%s)", root / FOLLOWED, exc)
+                return None
+            state.generations = now
+    return state
+
+
+def _kept_generations(root: Path) -> tuple[tuple[int, ...] | None, list[Followed]]:
+    """The generations the kept state is at, its followed commits included, read without its
+    arrays; and those commits (older ones, left by a writer killed before it dropped them,
+    are not)."""
+    try:
+        with np.load(root / FILE, allow_pickle=False) as arrays:
+            generations = tuple(int(g) for g in json.loads(str(arrays["meta"]))["generations"])
+    except Exception:  # missing or damaged: _read says so when it is next read
+        return None, []
+    live = []
+    for entry in _followed(root):
+        if entry[0] == generations:
+            generations = entry[1]
+            live.append(entry)
+    return generations, live
+
+
+def _followed(root: Path) -> list[Followed]:
+    """The commits kept in FOLLOWED, in order: (generations before, after, labels, sign,
+    vectors); none when the file is missing or cannot be used."""
+    path = root / FOLLOWED
+    try:
+        with np.load(path, allow_pickle=False) as a:
+            then, now, ends, signs = a["then"], a["now"], a["ends"], a["signs"]
+            labels, vectors = [str(x) for x in a["labels"]], np.asarray(a["vectors"], np.float32)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:  # derived data: the state is made anew if it then does not match
+        log.warning("%s cannot be used (%s)", path, exc)
+        return []
+    starts = np.r_[0, ends[:-1]]
+    return [
+        (
+            tuple(map(int, then[e])),
+            tuple(map(int, now[e])),
+            labels[a:b],
+            int(signs[e]),
+            vectors[a:b],
+        )
+        for e, (a, b) in enumerate(zip(starts, ends, strict=True))
+    ]
 
 
 def _write(root: Path, state: OpenSet) -> None:
+    """Write the whole state, then drop the commits followed before it."""
     try:
-        atomic_write_bytes(root / FILE, state.to_bytes())
+        with replacing(root / FILE) as tmp, tmp.open("wb") as out:
+            state.save(out)
+        (root / FOLLOWED).unlink(missing_ok=True)
     except OSError as exc:
         log.warning("could not write %s (%s); it is made anew when next needed", root / FILE, exc)
 
 
+def _follow(
+    root: Path,
+    kept: list[Followed],
+    then: tuple[int, ...],
+    now: tuple[int, ...],
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    sign: int,
+) -> None:
+    """Keep one more commit in FOLLOWED: a write of the size of the commits since the whole
+    state was written, not of the state (200 MB at 17,000 labels); past _FOLLOW_AT_MOST items
+    the whole state is written instead."""
+    kept = [*kept, (then, now, list(labels), sign, np.asarray(vectors, np.float32))]
+    rows = np.cumsum([len(k[2]) for k in kept])
+    if rows[-1] > _FOLLOW_AT_MOST:
+        state = _read(root)
+        if state is not None and state.generations == then:
+            state.stats.update(vectors, labels, sign)
+            state.generations = now
+            _write(root, state)
+        return
+    dim = kept[-1][4].shape[-1]
+    try:
+        with replacing(root / FOLLOWED) as tmp, tmp.open("wb") as out:
+            np.savez(
+                out,
+                then=np.array([k[0] for k in kept], np.int64),
+                now=np.array([k[1] for k in kept], np.int64),
+                ends=rows.astype(np.int64),
+                signs=np.array([k[3] for k in kept], np.int64),
+                labels=np.array([lab for k in kept for lab in k[2]], dtype=str),
+                vectors=np.concatenate([k[4] for k in kept]).reshape(-1, dim),
+            )
+    except OSError as exc:
+        log.warning(
+            "could not write %s (%s); the state is made anew when next needed",
+            root / FOLLOWED,
+            exc,
+        )
+
+
+class _Changed(Exception):
+    """A store was written to between two reads of one calibration."""
+
+
+class _Stores:
+    """The items of ``stores`` by row (each store's items in id order, one store after another),
+    read from the records a batch at a time: the Gallery ``calibrate`` probes, so that a
+    million-item gallery is never in memory whole. Reading it once gives the labels and the
+    statistics; reading it again (``blocks``) must find the same items."""
+
+    def __init__(self, stores: Sequence[IndexStore], stats: Stats | None) -> None:
+        self.stores = stores
+        self.stats = Stats(stores[0].dim) if stats is None else stats
+        self.labels: list[str] = []
+        keys: list[np.ndarray] = []
+        generations = []
+
+        def visit(ids: np.ndarray, labels: list[str], vectors: np.ndarray) -> None:
+            keys.append(ids)
+            self.labels += labels
+            if stats is None:
+                self.stats.update(vectors, labels, 1)
+
+        self.starts = [0]
+        for store in stores:
+            generations.append(store.scan(visit))
+            self.starts.append(sum(len(k) for k in keys))
+        self.generations = tuple(generations)
+        self.ids = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(rows), self.stats.dim), np.float32)
+        for s, store in enumerate(self.stores):
+            mine = (rows >= self.starts[s]) & (rows < self.starts[s + 1])
+            wanted = self.ids[rows[mine]]
+            found, vectors = store.vectors(wanted)
+            if len(found) != len(np.unique(wanted)):
+                raise _Changed
+            out[mine] = vectors[np.searchsorted(found, wanted)]
+        return out
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        for s, store in enumerate(self.stores):
+            for at in range(self.starts[s], self.starts[s + 1], _SCAN_ROWS):
+                wanted = self.ids[at : min(at + _SCAN_ROWS, self.starts[s + 1])]
+                found, vectors = store.vectors(wanted)
+                if not np.array_equal(found, wanted):
+                    raise _Changed
+                yield vectors
+
+
 def _fit(stores: Sequence[IndexStore], stats: Stats | None = None) -> OpenSet:
-    """The state made from every item of the stores (one snapshot of each)."""
-    generations = _generations(stores)
-    labels: list[str] = []
-    parts = []
-    for store in stores:
-        items, vectors = store.labelled_vectors()
-        labels += [i.label for i in items]
-        parts.append(vectors)
-    vectors = np.concatenate(parts) if parts else np.zeros((0, stores[0].dim), np.float32)
-    stats = Stats.of(vectors, labels) if stats is None else stats
-    shape = Shape.of(stats)
+    """The state made from every item of the stores, read a batch at a time. A store written to
+    meanwhile (only a reader fits without the writer lock) makes it start again."""
     known_accept, absent_share = settings(stores)
-    calibration = calibrate(
-        vectors, labels, stats, shape, known_accept=known_accept, absent_share=absent_share
-    )
-    return OpenSet(stats, shape, calibration, generations)
+    for _ in range(_TRIES):
+        gallery = _Stores(stores, stats)
+        shape = Shape.of(gallery.stats)
+        try:
+            calibration = calibrate(
+                gallery,
+                gallery.labels,
+                gallery.stats,
+                shape,
+                known_accept=known_accept,
+                absent_share=absent_share,
+            )
+        except _Changed:
+            continue
+        if _generations(stores) == gallery.generations:
+            return OpenSet(gallery.stats, shape, calibration, gallery.generations)
+    raise IndexStoreError(f"the index kept changing while {FILE} was fitted; try again")
 
 
 def load(root: Path, stores: Sequence[IndexStore]) -> OpenSet:
@@ -166,14 +322,11 @@ def follow(
     the statistics follow the items added (``sign`` 1) or removed (-1), if the kept state was
     that of the stores before the commit; else it is left to be made anew."""
     with writer_lock(root).held():
-        state = _read(root)
         now = _generations(stores)
         then = tuple(before if s is store else g for s, g in zip(stores, now, strict=True))
-        if state is None or state.generations != then:
-            return
-        state.stats.update(vectors, labels, sign)
-        state.generations = now
-        _write(root, state)
+        generations, kept = _kept_generations(root)
+        if generations == then:
+            _follow(root, kept, then, now, vectors, labels, sign)
 
 
 def refresh(root: Path, stores: Sequence[IndexStore]) -> OpenSet:

@@ -7,16 +7,17 @@ A writer follows its commit (under the store's writer lock) when the kept lists 
 the records just before it: an enrolment gives each new item its list (one search) and puts it
 into the lists of the items it now beats; a removal searches again for the items whose list
 held a removed one. Only lists that change are touched. Built from scratch, every item is
-searched once on the index's own FAISS layout (exact while flat; IVF, approximate, past
-AUTO_IVF_ABOVE items).
+searched once on the index's own FAISS layout (exact while flat; past AUTO_COMPACT_ABOVE items
+the compact layout's candidates, re-scored exactly: a list may miss a neighbour its search
+missed).
 
 Bounds, for a million items of 1280-d: the file, and a reader's copy, hold 56 bytes per item
-(ids and scores of M + 1 = 4 neighbours: 56 MB); a build reads the vectors once (as much as the
-FAISS index holds, 5 GB) and runs one search of M + 2 per item (on IVF, minutes; a flat million
-would be hours, and a flat index stops at AUTO_IVF_ABOVE by default); an enrolment runs two
-searches per new item (M + 2 and CHECK) and compares it directly with the items whose last
-neighbour scores under its CHECK-th (at worst every item, one pass; in a dense gallery a few); a
-removal searches again for the items that listed a removed one (M + 1 on average); every write
+(ids and scores of M + 1 = 4 neighbours: 56 MB); a build reads the vectors once (5 GB, read
+whole) and runs one search of M + 2 per item: at the ~5 ms of a compact million's search, about
+1.4 hours on one core, which build-index adds to the embedding; an enrolment runs two searches
+per new item (M + 2 and CHECK) and compares it directly with the items whose last neighbour
+scores under its CHECK-th (at worst every item, one pass; in a dense gallery a few); a removal
+searches again for the items that listed a removed one (M + 1 on average); every write
 rewrites the file and every reader reloads it once per generation. A query never touches the
 whole gallery: engine/rerank.py re-ranks the SHORTLIST nearest items from the raw vectors of
 those and of their neighbours (at most 4 x 200 rows, 4 MB), whatever the size of the index.

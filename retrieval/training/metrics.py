@@ -299,7 +299,7 @@ def open_set_run(
     g = x[gallery]
     stats = openset.Stats.of(g, list(y[gallery]))
     shape = openset.Shape.of(stats)
-    calibration = openset.calibrate(g, list(y[gallery]), stats, shape, k=k)
+    calibration = openset.calibrate(openset.InMemory(g), list(y[gallery]), stats, shape, k=k)
     queries = np.r_[known, absent]
     scores = openset.Scorer(stats, shape).score(x[queries])  # each alone: no query helps another
     s, rows = openset.knn(x[queries], g, k, np.zeros((len(queries), len(g)), bool))

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from index import IndexFormatError, IndexStore, backend, plan
+from index.cache import FaissCache
 from index.check import check_index, repair_index
 
-from ..helpers import DIM, MODEL, add_items, cache_is_current
+from ..helpers import DIM, MODEL, add_items, cache_is_current, unit_rows
 from .helpers import assert_matches_reference, brute_force, clustered_rows
 
 N = 3000
-TYPES = ("flat", "ivf")
+TYPES = ("flat", "ivf", "compact")
 
 
 def _labels(which: np.ndarray) -> list[str]:
@@ -63,17 +64,65 @@ def test_ivf_layout_follows_the_faiss_guidelines() -> None:
         assert plan.choose("ivf", n, layout) == layout
     assert plan.choose("ivf", 1_000_000).nlist >= 4 * np.sqrt(1_000_000)
     assert plan.choose("ivf", 2 * plan.TRAIN_PER_LIST - 1) == plan.FLAT
-    assert plan.choose("auto", plan.AUTO_IVF_ABOVE) == plan.FLAT
-    assert plan.choose("auto", plan.AUTO_IVF_ABOVE + 1).type == "ivf"
+    assert plan.choose("auto", plan.AUTO_COMPACT_ABOVE) == plan.FLAT
+    assert plan.choose("auto", plan.AUTO_COMPACT_ABOVE + 1).type == "compact"
     assert plan.choose("flat", 10_000_000) == plan.FLAT
 
 
+def test_compact_layout() -> None:
+    layout = plan.choose("compact", 1_000_000, dim=1280)
+    assert layout == plan.Layout("compact", 4096, 512, 256, plan.RERANK)
+    assert plan.choose("compact", 1_000_000, dim=128).pca == 0
+    assert plan.choose("compact", plan.COMPACT_MIN - 1, dim=1280) == plan.FLAT
+    assert plan.choose("auto", 1_000_000, dim=1280) == layout
+    assert plan.choose("ivf", 1_000_000, dim=1280).type == "ivf"
+
+
+def test_compact_with_a_projection_reopens_without_a_rebuild(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dim = plan.PCA_DIMS + 44
+    vectors = clustered_rows(2000, dim, centres=20, seed=2)[0]
+    with IndexStore.create(root, dim, MODEL, index_type="compact") as store:
+        ids = store.add(vectors, ["a"] * 2000, [str(i) for i in range(2000)], ["s"] * 2000)
+        assert store.layout.pca == plan.PCA_DIMS
+    caplog.set_level(logging.INFO, logger="index")
+    with IndexStore.open(root) as store:
+        assert store.layout == plan.choose("compact", 2000, dim=dim)
+        found = [row[0].id for row in store.search(vectors[:50], 1)]
+    assert "rebuilt" not in caplog.text, caplog.text
+    assert found == ids[:50].tolist()
+    assert check_index(root).ok
+
+
+def test_compact_keeps_every_dimension_when_a_projection_would_lose_too_much(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Isotropic vectors (as a whitened head gives): 256 of 512 axes keep about half their
+    variance, so the codes are of whole vectors; the layout stays as built when reopened."""
+    dim, n = 2 * plan.PCA_DIMS, 8000  # 5,120 training rows: enough to see the spectrum flat
+    vectors = unit_rows(n, dim, seed=4)
+    with IndexStore.create(root, dim, MODEL, index_type="compact") as store:
+        ids = store.add(vectors, ["a"] * n, [str(i) for i in range(n)], ["s"] * n)
+        assert store.layout.type == "compact" and store.layout.pca == 0
+    caplog.set_level(logging.INFO, logger="index")
+    with IndexStore.open(root) as store:
+        assert store.layout.pca == 0
+        found = [row[0].id for row in store.search(vectors[:50], 1)]
+    assert "rebuilt" not in caplog.text, caplog.text
+    assert found == ids[:50].tolist()
+
+
 def test_layouts_have_hysteresis() -> None:
-    big = plan.choose("auto", 300_000)
-    assert plan.choose("auto", 200_000, big) == big
-    assert plan.choose("auto", plan.AUTO_IVF_ABOVE // 2 - 1, big) == plan.FLAT
-    assert plan.choose("ivf", 500_000, big) == big
-    assert plan.choose("ivf", 2_000_000, big).nlist > big.nlist
+    big = plan.choose("auto", 2 * plan.AUTO_COMPACT_ABOVE, dim=1280)
+    assert big.type == "compact"
+    assert plan.choose("auto", plan.AUTO_COMPACT_ABOVE - 1, big, 1280) == big
+    assert plan.choose("auto", plan.AUTO_COMPACT_ABOVE // 2 - 1, big, 1280) == plan.FLAT
+    assert plan.choose("compact", 3 * plan.AUTO_COMPACT_ABOVE, big, 1280) == big
+    assert plan.choose("compact", 20 * plan.AUTO_COMPACT_ABOVE, big, 1280).nlist > big.nlist
+    ivf = plan.choose("ivf", 300_000)
+    assert plan.choose("ivf", 500_000, ivf) == ivf
+    assert plan.choose("ivf", 2_000_000, ivf).nlist > ivf.nlist
 
 
 @pytest.mark.parametrize("index_type", TYPES)
@@ -130,9 +179,9 @@ def test_repair_rebuilds_the_same_type(root: Path, index_type: str) -> None:
 def test_check_finds_an_ivf_file_missing_records(root: Path) -> None:
     ids, vectors, _ = _filled(root, "ivf")
     partial = backend.build_index(plan.choose("ivf", N), ids[1:], vectors[1:])
-    digest = backend.write_index(partial, root / "vectors.faiss")
-    meta = json.loads((root / "vectors.faiss.json").read_text())
-    (root / "vectors.faiss.json").write_text(json.dumps({**meta, "sha256": digest}))
+    FaissCache(root).write(
+        partial, json.loads((root / "vectors.faiss.json").read_text())["generation"]
+    )
     report = check_index(root)
     assert not report.ok
     assert any(f"{N - 1} vectors, the records {N} items" in p for p in report.problems)
@@ -207,22 +256,24 @@ def test_unknown_type_refused(root: Path) -> None:
 def test_auto_switches_type_with_the_gallery_size(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(plan, "AUTO_IVF_ABOVE", 1000)
+    monkeypatch.setattr(plan, "AUTO_COMPACT_ABOVE", 1000)
+    monkeypatch.setattr(plan, "COMPACT_MIN", 100)
     vectors, which = clustered_rows(1600, seed=4)
     labels = _labels(which)
     with IndexStore.create(root, DIM, MODEL) as store:
         ids = add_items(store, vectors[:900], labels[:900])
         assert store.layout == plan.FLAT
+        before = (root / "vectors.faiss.json").read_bytes()
         with store.bulk():
             ids = np.concatenate([ids, add_items(store, vectors[900:], labels[900:], start=900)])
-            assert store.layout == plan.FLAT
-        assert store.layout == plan.choose("auto", 1600)
-        assert store.layout.type == "ivf"
+            assert (root / "vectors.faiss.json").read_bytes() == before  # written at the end
+        assert store.layout == plan.choose("auto", 1600, dim=DIM)
+        assert store.layout.type == "compact"
     assert cache_is_current(root)
     with IndexStore.open(root) as store:
-        assert store.layout.type == "ivf"
+        assert store.layout.type == "compact"
         store.remove_ids(ids[:1000])
-        assert store.layout.type == "ivf"
+        assert store.layout.type == "compact"
         store.remove_ids(ids[1000:1200])
         assert store.layout == plan.FLAT
         assert not {int(i) for i in ids[:1200]} & {

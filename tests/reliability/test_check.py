@@ -18,6 +18,7 @@ import pytest
 from click.testing import Result
 
 from index import backend
+from index.cache import TRAILER_BYTES
 from retrieval.indexing.build import build_index
 
 from ..helpers import COLORS, db_generation, run, sidecar, write_image
@@ -88,7 +89,7 @@ def other_vectors(index: Path) -> None:
 
 def altered_faiss_file(index: Path) -> None:
     data = bytearray((index / "vectors.faiss").read_bytes())
-    data[-5] ^= 0xFF
+    data[-TRAILER_BYTES - 5] ^= 0xFF  # in FAISS's bytes (a vector's id), not the trailer
     (index / "vectors.faiss").write_bytes(bytes(data))
 
 
@@ -217,12 +218,16 @@ def test_source_faults_are_problems_that_repair_leaves(index: Path, fault: str):
 
 
 def test_states_that_heal_themselves_are_notes(index: Path, tmp_path: Path):
-    """An older cache pair (a writer killed between commit and rewrite) and a temp file (one
-    killed mid-rewrite) leave the index usable: check notes them, exit 0; repair clears them."""
-    old = {n: (index / n).read_bytes() for n in ("vectors.faiss", "vectors.faiss.json")}
+    """A base behind the records is the normal state (the change log carries the writes since);
+    a base file its sidecar does not describe (a merge killed between its two renames) and a
+    temp file (a writer killed mid-rewrite) leave the index usable: check notes them, exit 0;
+    repair clears them."""
     run("remove", "--index", index, "--label", "red")
-    for name, data in old.items():
-        (index / name).write_bytes(data)
+    assert sidecar(index)["generation"] < db_generation(index)
+    assert check(index).output.splitlines() == ["index OK: 8 items, 2 labels"]
+    old_sidecar = (index / "vectors.faiss.json").read_bytes()
+    assert check(index, "--repair").exit_code == 0
+    (index / "vectors.faiss.json").write_bytes(old_sidecar)
     (index / ".vectors.faiss.0123456789abcdef.tmp").write_bytes(b"half a file")
     out = check(index)
     assert out.exit_code == 0, out.output
@@ -230,7 +235,7 @@ def test_states_that_heal_themselves_are_notes(index: Path, tmp_path: Path):
     assert lines[-1] == "index OK: 8 items, 2 labels"
     notes = [line for line in lines if line.startswith("note: ")]
     assert len(notes) == 2
-    assert "vectors.faiss is older than the records (generation 1 < 2)" in notes[0]
+    assert "vectors.faiss is not the file vectors.faiss.json describes" in notes[0]
     assert ".vectors.faiss.0123456789abcdef.tmp is a temporary file" in notes[1]
     fixed = check(index, "--repair")
     assert fixed.output.splitlines() == [
@@ -240,6 +245,21 @@ def test_states_that_heal_themselves_are_notes(index: Path, tmp_path: Path):
     ]
     (index / "vectors.faiss").unlink()
     assert "note: vectors.faiss is missing" in check(index).output
+
+
+def test_a_base_the_log_no_longer_reaches_is_a_note(index: Path, tmp_path: Path):
+    """An older base (copied back, or a writer that kept no log) whose generation the change log
+    does not reach back to: a note, and the next open rebuilds it."""
+    old = {n: (index / n).read_bytes() for n in ("vectors.faiss", "vectors.faiss.json")}
+    run("remove", "--index", index, "--label", "red")
+    assert check(index, "--repair").exit_code == 0  # a new base: the log before it is dropped
+    for name, data in old.items():
+        (index / name).write_bytes(data)
+    out = check(index)
+    assert out.exit_code == 0, out.output
+    assert "the records' change log does not reach back to it" in out.output
+    assert check(index, "--repair").exit_code == 0
+    assert check(index).output.splitlines() == ["index OK: 8 items, 2 labels"]
 
 
 def test_not_an_index_is_a_one_line_error(tmp_path: Path):

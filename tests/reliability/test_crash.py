@@ -4,8 +4,9 @@
 The fault kills the main process only, as ``kill -9`` or the OOM killer does; its orphaned
 DataLoader workers are killed just after, so that they do not slow the next runs. Each kill
 lands a seeded uniform delay after the run takes the writer lock (its lock file changes), up to
-the measured length of a whole run's writes: from taking the lock to its last cache rewrite
-(enroll, remove) or to its swap into place (build-index).
+the measured length of a whole run's writes: from taking the lock to its last commit (enroll,
+whose writes go to the records and their change log only), its base rewrite (remove of half the
+index, which merges its change into a new FAISS base) or its swap into place (build-index).
 
 After every kill: what ``retrieve check`` runs finds no problem, the index opens, every item
 from before is there, and the interrupted work left only whole committed chunks (remove: all or
@@ -29,7 +30,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,14 @@ from retrieval.indexing.build import build_index, staging_dir
 from retrieval.indexing.ingest import CHUNK
 from retrieval.nets.model import load_model
 
-from ..helpers import COMMAND_ENV, record, retrieve_exe, write_gallery, write_images
+from ..helpers import (
+    COMMAND_ENV,
+    cache_is_current,
+    record,
+    retrieve_exe,
+    write_gallery,
+    write_images,
+)
 from .helpers import stray_files
 
 # Subprocess-heavy (minutes): run with the reliability folder, not in the quick suite.
@@ -65,7 +72,7 @@ class Ledger:
     reruns: int = 0
     outcomes: Counter = field(default_factory=Counter)
     temp_files_after_kill: int = 0
-    stale_cache_after_kill: int = 0
+    unusable_base_after_kill: int = 0
     delays: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -78,12 +85,13 @@ class Ledger:
             return True
 
     def note(self, outcome: str, left: tuple[bool, bool], delay: float) -> None:
-        """One kill: what it did, and whether it left (a temp file, a stale cache)."""
+        """One kill: what it did, and whether it left (a temp file, a base the next open must
+        rebuild)."""
         with self.lock:
             self.outcomes[outcome] += 1
             self.delays.append(delay)
             self.temp_files_after_kill += left[0]
-            self.stale_cache_after_kill += left[1]
+            self.unusable_base_after_kill += left[1]
 
     def finished(self) -> None:
         """One run ended by itself (before its kill, or as a re-run)."""
@@ -96,25 +104,24 @@ class Ledger:
             "runs_that_finished": self.reruns,
             "outcomes": dict(self.outcomes),
             "kills_leaving_a_temp_file": self.temp_files_after_kill,
-            "kills_leaving_the_faiss_cache_stale": self.stale_cache_after_kill,
+            "kills_leaving_the_faiss_base_to_rebuild": self.unusable_base_after_kill,
             "kill_after_lock_s": [round(min(self.delays), 2), round(max(self.delays), 2)],
             "write_span_s": round(span, 2),
         }
 
 
 def leftovers(index: Path) -> tuple[bool, bool]:
-    """Whether a killed writer left (a temp file, a FAISS cache older than the records) in
-    ``index``; to be looked at before anything opens it (opening heals both)."""
+    """Whether a killed writer left (a temp file, a FAISS base that the next open must rebuild:
+    missing, not the file its sidecar describes, or older than the change log reaches back to)
+    in ``index``; to be looked at before anything opens it (opening heals both)."""
     if not IndexStore.is_index(index):
         return False, False
     temp = any(p.name.endswith(".tmp") for p in index.iterdir())
     try:
-        cached = json.loads((index / "vectors.faiss.json").read_text())["generation"]
-    except FileNotFoundError:
-        return temp, True
-    with closing(sqlite3.connect(index / "records.sqlite")) as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-    return temp, cached != int(row[0])
+        usable = cache_is_current(index)
+    except (FileNotFoundError, sqlite3.OperationalError):
+        usable = False
+    return temp, not usable
 
 
 def run(args: list[object], log: Path, kill: tuple[Path, float] | None = None) -> int | None:
@@ -283,7 +290,7 @@ def test_enroll_killed(tmp_path: Path, tiny: Embedder):
     span = write_span(
         command,
         begins,
-        lambda w: indexes[w] / "vectors.faiss.json",
+        lambda w: indexes[w] / "records.sqlite-wal",
         end_at_first_change=False,
         tmp=tmp_path,
     )

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index import Hit, IndexLockedError, IndexStore, IndexStoreError
+from index import Hit, IndexLockedError, IndexStore, IndexStoreError, build_faiss, live
 from index.fsutil import exchange
 from index.lock import writer_lock
 
-from ..helpers import DIM, MODEL, add_items, cache_is_current, unit_rows
+from ..helpers import DIM, MODEL, add_items, base_is_current, cache_is_current, unit_rows
 from .helpers import hold_lock, python
 
 
@@ -162,24 +162,21 @@ def test_search_sees_one_state_while_another_process_writes(root: Path) -> None:
     assert searches >= 10
 
 
-def test_a_reader_never_writes_an_older_cache_over_a_newer_one(root: Path) -> None:
-    """A reader rebuilds a stale cache from its snapshot; a writer commits and rewrites the
-    cache while that rebuild runs: the reader's older copy must not replace the writer's. The
-    reader is held inside its rebuild (in its FAISS builder, which gets the snapshot) until the
-    writer has committed."""
-    cache = ("vectors.faiss", "vectors.faiss.json")
+def test_a_reader_never_writes_an_older_cache_over_a_newer_one(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader rebuilds an unusable base from its snapshot; a writer commits and rewrites the
+    base while that rebuild runs: the reader's older copy must not replace the writer's (whose
+    merge dropped the log the older one would need). The reader is held inside its rebuild (in
+    its FAISS builder, which gets the snapshot) until the writer has committed."""
     with IndexStore.open(root) as writer, IndexStore.open(root, lazy=True) as reader:
-        old_pair = {name: (root / name).read_bytes() for name in cache}
-        add_items(writer, unit_rows(1, seed=2), ["b"], start=20)
-        for name, data in old_pair.items():  # as if the writer had been killed before its rewrite
-            (root / name).write_bytes(data)
+        (root / "vectors.faiss.json").unlink()  # as if a merge had been killed before its sidecar
         in_rebuild, committed = threading.Event(), threading.Event()
-        build = reader._builder
 
         def held_build(layout: Any, ids: np.ndarray, vectors: np.ndarray) -> Any:
             in_rebuild.set()
             assert committed.wait(timeout=30)
-            return build(layout, ids, vectors)
+            return build_faiss(layout, ids, vectors)
 
         reader._builder = held_build
         hits: list[list[Hit]] = []
@@ -188,13 +185,14 @@ def test_a_reader_never_writes_an_older_cache_over_a_newer_one(root: Path) -> No
         )
         searching.start()
         try:
-            assert in_rebuild.wait(timeout=30)  # the reader's snapshot holds 21 items
-            add_items(writer, unit_rows(1, seed=3), ["c"], start=21)
+            assert in_rebuild.wait(timeout=30)  # the reader's snapshot holds 20 items
+            monkeypatch.setattr(live, "MERGE_AT_MOST", 0)  # the writer's next write merges
+            add_items(writer, unit_rows(1, seed=3), ["c"], start=20)
         finally:
             committed.set()
             searching.join()
     assert [len(row) for row in hits] == [3]
-    assert cache_is_current(root)
+    assert base_is_current(root)
 
 
 def test_a_store_whose_folder_is_swapped_keeps_to_its_own_records(tmp_path: Path) -> None:
