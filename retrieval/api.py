@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from index import MANIFEST, CheckReport, IndexStore, Item
+from retrieval.config import DEFAULT_RERANK, RERANK_METHODS
 from retrieval.datasets import DatasetOptions
 from retrieval.datasets.folders import Record, collect_images, validate_label
 from retrieval.engine.classify import RULES, Neighbor, Prediction, nearest_prototype, share
@@ -34,8 +35,11 @@ from retrieval.engine.classify import vote as knn_vote
 from retrieval.engine.embed import Embedder
 from retrieval.engine.images import ImageInput, decode_input
 from retrieval.engine.network import ModelEntry
+from retrieval.engine.rerank import Lists, shortlist, uses_lists
+from retrieval.engine.rerank import checked as checked_rerank
+from retrieval.engine.rerank import rerank as rerank_shortlist
 from retrieval.errors import InputError, NotFoundError
-from retrieval.indexing import calibration, uploads
+from retrieval.indexing import calibration, dba, uploads
 from retrieval.indexing.build import BuildReport
 from retrieval.indexing.calibration import OpenSet
 from retrieval.indexing.health import check as check_folder
@@ -57,6 +61,7 @@ from retrieval.training.evaluation import Evaluation, evaluate
 __all__ = ["Retriever", "build", "check", "evaluate", "Evaluation"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
+RERANK_NOTE = "rerank"
 _PATH_TYPES = (str, os.PathLike)
 
 
@@ -71,6 +76,8 @@ class _Opened:
     searcher: ShardSearch
     embedder: Embedder | None = None
     openset: OpenSet | None = None
+    lists: tuple[int, Lists] | None = None
+    small: tuple[int, bool] | None = None  # (generation, whether it may keep DBA lists)
 
     def close(self) -> None:
         self.searcher.__exit__(None, None, None)
@@ -198,6 +205,7 @@ class Retriever:
         k: int = 5,
         min_score: float | None = None,
         vote: str = "prototype",
+        rerank: str | None = None,
         progress: ProgressFactory = no_progress,
     ) -> list[Answer]:
         """One answer per image (a path, the bytes of an image file, a PIL image or a uint8
@@ -212,14 +220,20 @@ class Retriever:
         never, the closed-set answer). ``confidence`` is the estimated probability that the
         label is right (for an unknown answer: that the best label would be wrong). A gallery
         item with the same file content as the query is left out of its neighbours (a photo
-        does not vote for itself). Every path is checked before the first image is answered."""
+        does not vote for itself). The neighbours shown are re-ranked by ``rerank`` ("none",
+        "dba", "qe" or "dba+qe"; None: the index's setting, see ``set_rerank``) over the
+        index's shortlist (engine/rerank.py); the label, its confidence and the unknown rule
+        come from the neighbours as found, before re-ranking. Every path is checked before the
+        first image is answered."""
         batch: list[ImageInput] = [images] if _is_one(images) else list(images)  # type: ignore[list-item, arg-type]
         for i, image in enumerate(batch):
             if isinstance(image, _PATH_TYPES) and not Path(image).is_file():
                 decode_input(image, _name(image, i))  # the error that names it
         with progress(len(batch), "querying") as bar:
             answers = []
-            for answer in self.query_stream(batch, k=k, min_score=min_score, vote=vote):
+            for answer in self.query_stream(
+                batch, k=k, min_score=min_score, vote=vote, rerank=rerank
+            ):
                 answers.append(answer)
                 bar.update(1)
         return answers
@@ -231,11 +245,15 @@ class Retriever:
         k: int = 5,
         min_score: float | None = None,
         vote: str = "prototype",
+        rerank: str | None = None,
     ) -> Iterator[Answer]:
         """``query`` of images one at a time as they come (e.g. paths read from a pipe)."""
         _check_vote(k, vote, min_score)
+        method = self._rerank_method(self._current(), rerank)
         for i, image in enumerate(images):
-            yield self.answer(image, name=_name(image, i), k=k, min_score=min_score, vote=vote)
+            yield self.answer(
+                image, name=_name(image, i), k=k, min_score=min_score, vote=vote, rerank=method
+            )
 
     def answer(
         self,
@@ -245,6 +263,7 @@ class Retriever:
         k: int = 5,
         min_score: float | None = None,
         vote: str = "prototype",
+        rerank: str | None = None,
     ) -> Answer:
         """The answer for one image (see ``query``); ``name`` is what the answer and an error
         call it (default: its path)."""
@@ -252,10 +271,11 @@ class Retriever:
         start = time.perf_counter()
         name = _name(image, 0) if name is None else name
         opened = self._current()
+        method = self._rerank_method(opened, rerank)
         embedder = self._embedder(opened)
         picture, sha = decode_input(image, name, min_side=embedder.transform.pre.resize)
         vector = embedder.embed_images([picture])
-        hits = opened.searcher.neighbors(vector, sha, k)
+        hits = opened.searcher.neighbors(vector, sha, shortlist(k, method))
         ids = len(opened.dirs) == 1  # shards number their items apart
         neighbors = [Neighbor(h.path, h.label, h.score, h.id if ids else None) for h in hits]
         state = self._openset(opened)
@@ -277,16 +297,88 @@ class Retriever:
         elif threshold is not None and score < threshold:
             why = f"like no label of the index: decision score {score:.3f} < {threshold:.3f}"
         label = None if why else p.label
+        shown = list(p.neighbors)
+        if method != "none" and neighbors:
+            shown = self._reranked(opened, method, vector[0], neighbors, sha)[:k]
         return Answer(
             name,
             label,
             right if label is not None else (1.0 - right if p.neighbors else 0.0),
-            p.neighbors,
+            tuple(shown),
             time.perf_counter() - start,
             vote_share=p.confidence,
             decision=score,
             unknown_because=why,
+            rerank=method,
         )
+
+    def _rerank_method(self, opened: _Opened, rerank: str | None) -> str:
+        """The re-ranking a query gets: ``rerank``, else the index's setting. A sharded index
+        or one searched on Ray is not re-ranked (its items' ids are per shard)."""
+        if rerank is not None:
+            method = checked_rerank(rerank)
+        else:
+            method = opened.stores[0].note(RERANK_NOTE)
+            method = method if method in RERANK_METHODS else DEFAULT_RERANK
+        if method != "none" and (len(opened.dirs) > 1 or self._ray is not None):
+            if rerank is not None:
+                raise InputError("--rerank needs an unsharded index searched in this process")
+            return "none"
+        if uses_lists(method) and not self._small(opened):
+            if rerank is not None:
+                raise InputError(
+                    f"--rerank {method}: DBA is kept for indexes of at most {dba.AT_MOST:,} "
+                    "items and this one holds more; use --rerank qe or none"
+                )
+            return "qe" if method == "dba+qe" else "none"
+        return method
+
+    def _small(self, opened: _Opened) -> bool:
+        """Whether the index may keep DBA lists (dba.AT_MOST), counted once per generation."""
+        store = opened.stores[0]
+        generation = store.generation
+        if opened.small is None or opened.small[0] != generation:
+            opened.small = (generation, dba.applies(store))
+        return opened.small[1]
+
+    def _reranked(
+        self, opened: _Opened, method: str, q: np.ndarray, hits: list[Neighbor], sha: str | None
+    ) -> list[Neighbor]:
+        """The shortlist re-ranked (engine/rerank.py), best first; the item with the query's
+        own content (a photo of the gallery queried again) is no DBA neighbour of it."""
+        store = opened.stores[0]
+        own = None if sha is None else store.find_sha256([sha]).get(sha)
+
+        def vectors_of(ids: np.ndarray) -> np.ndarray:
+            found, x = store.vectors(ids)
+            if not np.array_equal(found, ids):
+                raise LookupError("an item of the shortlist was removed meanwhile")
+            return x
+
+        try:
+            lists = self._lists(opened) if uses_lists(method) else None
+            ids = np.array([n.id for n in hits], np.int64)
+            scores = rerank_shortlist(method, q, ids, vectors_of, lists, own.id if own else None)
+        except LookupError:  # a write between the search and now: this answer not re-ranked
+            return hits
+        order = np.argsort(-scores, kind="stable")
+        return [replace(hits[i], score=float(scores[i])) for i in order]
+
+    def _lists(self, opened: _Opened) -> Lists:
+        """The index's DBA neighbour lists at the records' generation, loaded (or made) when it
+        moved."""
+        store = opened.stores[0]
+        kept = opened.lists
+        if kept is None or kept[0] != store.generation:
+            with self._lock:
+                kept = opened.lists
+                if kept is None or kept[0] != store.generation:
+                    kept = opened.lists = dba.load(store)
+        return kept[1]
+
+    def set_rerank(self, method: str) -> None:
+        """Make ``method`` the re-ranking of this index's queries (kept with its records)."""
+        self._writable().stores[0].set_note(RERANK_NOTE, checked_rerank(method))
 
     def _openset(self, opened: _Opened) -> OpenSet:
         """The index's open-set state at the stores' generations, loaded (or made) when they
@@ -402,8 +494,11 @@ class Retriever:
             raise InputError(f"none of the images for {label!r} could be read; nothing enrolled")
         if keep:
 
-            def committed(before: int, vectors: np.ndarray, labels: list[str]) -> None:
+            def committed(
+                before: int, ids: np.ndarray, vectors: np.ndarray, labels: list[str]
+            ) -> None:
                 calibration.follow(self.path, opened.stores, target, before, vectors, labels, 1)
+                dba.follow(target, before, ids, vectors, 1)
 
             embedded = embed_into(
                 target,
@@ -457,6 +552,7 @@ class Retriever:
                     removed = store.remove_path(found[0].path)
                 labels = [i.label for i in removed]
                 calibration.follow(self.path, opened.stores, store, before, vectors, labels, -1)
+                dba.follow(store, before, np.array([i.id for i in removed]), None, -1)
                 gone += removed
         if not gone:
             what = f"items with label {label!r}" if label is not None else f"item with path {path}"
@@ -489,6 +585,7 @@ class Retriever:
             open_set=calibration.describe(self._openset(opened)),
             flip=bool(opened.entry.spec and opened.entry.spec.get("flip")),
             precision=opened.entry.precision,
+            rerank=self._rerank_method(opened, None),
         )
 
     def labels(self) -> dict[str, int]:

@@ -57,6 +57,10 @@ class ModelSpec:
 
 INDEX_ENV = "RETRIEVE_INDEX"
 
+# How a query re-ranks its neighbours (retrieval/engine/rerank.py); an index keeps its own.
+RERANK_METHODS = ("none", "dba", "qe", "dba+qe")
+DEFAULT_RERANK = "dba+qe"
+
 
 def default_index_dir() -> str:
     """``$RETRIEVE_INDEX``, else ``index`` in the per-user data folder."""

@@ -17,10 +17,12 @@ from retrieval.engine.classify import Neighbor
 class Answer:
     """What a query image is: ``label`` (None: unknown, and ``unknown_because`` says why),
     ``confidence`` (the estimated probability that the label is right; for an unknown answer,
-    that the best label would be wrong), the ``neighbors`` that voted, best first, and the
-    winning label's share of their vote (``vote_share``); ``decision`` is the open-set score
-    the index compared with its threshold (higher: more like its labels). ``query`` names the
-    image; ``seconds`` is its own time (decode, embed, search, vote)."""
+    that the best label would be wrong), the ``neighbors``, best first (re-ranked by
+    ``rerank``: their scores are then the re-ranked ones), and the winning label's share of
+    the vote of the nearest ones by raw cosine score (``vote_share``); ``decision`` is the
+    open-set score the index compared with its threshold (higher: more like its labels).
+    ``query`` names the image; ``seconds`` is its own time (decode, embed, search, vote,
+    re-ranking)."""
 
     query: str
     label: str | None
@@ -30,6 +32,7 @@ class Answer:
     vote_share: float = 0.0
     decision: float = 0.0
     unknown_because: str | None = None
+    rerank: str = "none"
 
     @property
     def suggestions(self) -> list[str]:
@@ -46,6 +49,7 @@ class Answer:
             "vote_share": round(self.vote_share, 6),
             "decision": round(self.decision, 6) if math.isfinite(self.decision) else None,
             "unknown_because": self.unknown_because,
+            "rerank": self.rerank,
             "neighbors": [
                 {"path": n.path, "label": n.label, "score": round(n.score, 6), "id": n.id}
                 for n in self.neighbors
@@ -83,6 +87,7 @@ class Info:
     open_set: dict[str, Any] | None = None
     flip: bool = False
     precision: str = "float32"
+    rerank: str = "none"
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -96,6 +101,7 @@ class Info:
             "open_set": self.open_set,
             "flip": self.flip,
             "precision": self.precision,
+            "rerank": self.rerank,
         }
         if self.shards > 1:
             out["shards"] = self.shards

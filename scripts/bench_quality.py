@@ -3,9 +3,15 @@
 Trains on the first 25 species of cub50-dev in sorted-name order (validation classes for early
 stopping are held out of those 25), measures on the other 25: Recall@1/2/4/8 and MAP@R
 leave-one-out, and 5-shot enrolment accuracy. Prints one table with the machine and the command.
+With ``--rerank``, each row once per re-ranking (as ``retrieve query --rerank`` ranks; the
+5-shot label is decided before re-ranking), with the warm query latency p50 of ``retrieve
+query`` on an index of the measured images (each queried photo left out of its neighbours;
+measured when --rerank names more than none).
 
     python scripts/bench_quality.py                       # every row
     python scripts/bench_quality.py --rows frozen-gem,ours
+    python scripts/bench_quality.py --rows ours --reuse --work /tmp/bq --rerank none,dba,qe,dba+qe
+    python scripts/bench_quality.py --rows frozen-gem --species seen --rerank none,dba+qe
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.config import ModelSpec, TrainConfig
+import retrieval
+from retrieval.config import RERANK_METHODS, ModelSpec, TrainConfig
 from retrieval.datasets.folders import Record, scan_gallery
-from retrieval.nets.model import load_model
+from retrieval.nets.model import load_model, save_model_dir
 from retrieval.training.metrics import enrollment_accuracy, retrieval_metrics
 from retrieval.training.train import train
 
@@ -57,26 +64,72 @@ def split(data: Path) -> tuple[list[Record], list[Record]]:
     ]
 
 
-def measure(model_ref: str, spec: ModelSpec | None, test: list[Record]) -> dict[str, float]:
+LATENCY_QUERIES = 200
+
+
+def query_p50(model: str, test: list[Record], work: Path, reranks: list[str]) -> dict[str, float]:
+    """Warm p50 seconds of ``Retriever.query`` per re-ranking, over LATENCY_QUERIES of the test
+    images (every 7th) queried one at a time on an index of all of them built with ``model``,
+    each image by every re-ranking in turn (so that a busy moment of the machine falls on all)."""
+    gallery, index = work / "gallery", work / "index"
+    for r in test:
+        link = gallery / r.label / Path(r.path).name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(Path(r.path).resolve())
+    retrieval.build(gallery, index, model=model, force=True)
+    queries = [r.path for r in test[::7]][:LATENCY_QUERIES]
+    seconds: dict[str, list[float]] = {method: [] for method in reranks}
+    with retrieval.Retriever(index) as r:
+        for method in reranks:
+            r.query(queries[:5], rerank=method)  # warm: network, FAISS, the DBA lists
+        for query in queries:
+            for method in reranks:
+                seconds[method].append(r.answer(query, rerank=method).seconds)
+    return {method: float(np.median(s)) for method, s in seconds.items()}
+
+
+def measure(
+    model_ref: str, spec: ModelSpec | None, test: list[Record], reranks: list[str], work: Path
+) -> dict[str, dict[str, float]]:
     loaded = load_model(model_ref, spec=spec)
     emb = loaded.embedder(batch_size=32).embed_paths([r.path for r in test])
     labels = [test[i].label for i in emb.ok]
-    out = retrieval_metrics(emb.vectors, np.array(labels))
-    out["enroll_5"] = enrollment_accuracy(emb.vectors, labels, 5, seed=0)
-    return out
+    enroll_5 = enrollment_accuracy(emb.vectors, labels, 5, seed=0)
+    if spec is not None:  # a frozen row: the model as a folder, for build-index
+        model_ref = str(save_model_dir(loaded.net, work / "model").parent)
+    p50 = (
+        query_p50(model_ref, [test[i] for i in emb.ok], work, reranks)
+        if reranks != ["none"]
+        else {}
+    )
+    return {
+        method: {
+            **retrieval_metrics(emb.vectors, np.array(labels), rerank=method),
+            "enroll_5": enroll_5,
+            "query_p50_ms": 1000 * p50.get(method, float("nan")),
+        }
+        for method in reranks
+    }
 
 
 def run_row(
-    name: str, train_recs: list[Record], test: list[Record], work: Path, epochs: int | None
-) -> dict:
+    name: str,
+    train_recs: list[Record],
+    test: list[Record],
+    work: Path,
+    epochs: int | None,
+    reranks: list[str],
+    reuse: bool,
+) -> dict[str, dict]:
     t0 = time.perf_counter()
     if name in FROZEN_ROWS:
-        return {
-            **measure("efficientnet_lite0", FROZEN_ROWS[name], test),
-            "train_s": 0.0,
-            "epochs": 0,
-        }
+        measured = measure("efficientnet_lite0", FROZEN_ROWS[name], test, reranks, work / name)
+        return {m: {**r, "train_s": 0.0, "epochs": 0} for m, r in measured.items()}
     out = work / name
+    if reuse:
+        measured = measure(str(out), None, test, reranks, work / f"{name}-measured")
+        return {m: {**r, "train_s": float("nan"), "epochs": "–"} for m, r in measured.items()}
     if name == "pml-reference":
         from pml_reference import train_reference
 
@@ -92,7 +145,8 @@ def run_row(
             file=sys.stderr,
         )
     train_s = time.perf_counter() - t0
-    return {**measure(str(out), None, test), "train_s": train_s, "epochs": cfg.epochs}
+    measured = measure(str(out), None, test, reranks, work / f"{name}-measured")
+    return {m: {**r, "train_s": train_s, "epochs": cfg.epochs} for m, r in measured.items()}
 
 
 def main() -> None:
@@ -106,25 +160,45 @@ def main() -> None:
     ap.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
     )
+    ap.add_argument(
+        "--rerank",
+        default="none",
+        help=f"comma-separated re-rankings to measure each row with ({', '.join(RERANK_METHODS)})",
+    )
+    ap.add_argument(
+        "--species",
+        choices=("unseen", "seen"),
+        default="unseen",
+        help="measure on the 25 unseen species (the protocol) or on the 25 trained ones",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="measure the trained rows' models already in WORK/ROW instead of training them",
+    )
     args = ap.parse_args()
+    reranks = args.rerank.split(",")
+    if any(m not in RERANK_METHODS for m in reranks):
+        sys.exit(f"bench_quality: --rerank takes {', '.join(RERANK_METHODS)}")
     if not args.data.is_dir():
         sys.exit(f"bench_quality: data folder {args.data} is absent (see ../shared/data/README.md)")
     sys.path.insert(0, str(Path(__file__).parent))
     train_recs, test = split(args.data)
+    measured = test if args.species == "unseen" else train_recs
     results = {}
     for name in args.rows.split(","):
         if name not in ALL_ROWS:
             sys.exit(f"bench_quality: unknown row {name!r}; rows: {', '.join(ALL_ROWS)}")
         work = args.work
-        if (work / name).exists():
+        if (work / name).exists() and not (args.reuse and name not in FROZEN_ROWS):
             import shutil
 
             shutil.rmtree(work / name)
-        results[name] = run_row(name, train_recs, test, work, args.epochs)
-        print(
-            f"  {name}: {json.dumps({k: round(v, 4) for k, v in results[name].items()})}",
-            file=sys.stderr,
-        )
+        rows = run_row(name, train_recs, measured, work, args.epochs, reranks, args.reuse)
+        for method, row in rows.items():
+            key = name if reranks == ["none"] else f"{name} rerank {method}"
+            results[key] = row
+            print(f"  {key}: {json.dumps(row)}", file=sys.stderr)
     if args.json:
         print(json.dumps(results))
         return
@@ -136,15 +210,20 @@ def main() -> None:
     )
     print(
         f"data: {args.data.name}, train {len({r.label for r in train_recs})} species "
-        f"({len(train_recs)} images), test {len({r.label for r in test})} unseen species ({len(test)} images)"
+        f"({len(train_recs)} images), measured on {len({r.label for r in measured})} "
+        f"{args.species} species ({len(measured)} images)"
     )
-    print("| row | R@1 | R@2 | R@4 | R@8 | MAP@R | 5-shot enrol | epochs | train wall |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| row | R@1 | R@2 | R@4 | R@8 | MAP@R | 5-shot enrol | query p50 | epochs | train wall |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
+        wall = "–" if np.isnan(r["train_s"]) else f"{r['train_s'] / 60:.1f} min"
+        p50 = "–" if np.isnan(r["query_p50_ms"]) else f"{r['query_p50_ms']:.1f} ms"
         print(
             f"| {name} | {r['recall_at_1']:.3f} | {r['recall_at_2']:.3f} | {r['recall_at_4']:.3f} | "
-            f"{r['recall_at_8']:.3f} | {r['map_at_r']:.3f} | {r['enroll_5']:.3f} | {r['epochs']} | "
-            f"{r['train_s'] / 60:.1f} min |"
+            f"{r['recall_at_8']:.3f} | {r['map_at_r']:.3f} | {r['enroll_5']:.3f} | "
+            f"{p50} | {r['epochs']} | {wall} |"
         )
 
 

@@ -68,6 +68,7 @@ EVALUATE_JSON_KEYS = {
     "model",
     "open_set",
     "ece",
+    "rerank",
 }
 
 # --- images and galleries -------------------------------------------------------------------------
@@ -134,8 +135,11 @@ def record(fault: str, **figures: object) -> None:
 
 
 def answers(index: Path, queries: list[Path], *extra: object) -> list[dict]:
-    """``retrieve query --json -k 10`` of each query, parsed."""
-    out = run("query", *queries, "--index", index, "-k", 10, "--json", *extra).stdout
+    """``retrieve query --json -k 10 --rerank none`` of each query, parsed (the neighbours as
+    the index's search finds them: a sharded index is not re-ranked)."""
+    out = run(
+        "query", *queries, "--index", index, "-k", 10, "--rerank", "none", "--json", *extra
+    ).stdout
     return [json.loads(line) for line in out.splitlines()]
 
 

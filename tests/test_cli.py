@@ -36,6 +36,7 @@ def test_build_then_info(built: Path):
         "open_set": out["open_set"],
         "flip": False,
         "precision": "float32",
+        "rerank": "dba+qe",
     }
     open_set = out["open_set"]
     assert open_set["method"] == "relative-mahalanobis" and open_set["known_accept"] == 0.95
@@ -58,6 +59,7 @@ def test_query_json_contract(built: Path, tmp_path: Path):
         "vote_share",
         "decision",
         "unknown_because",
+        "rerank",
         "neighbors",
     }
     assert obj["query"] == str(q)

@@ -172,7 +172,11 @@ class AnswerOut(BaseModel):
         description="The open-set score compared with the index's threshold (null: empty index)"
     )
     unknown_because: str | None = Field(description="Why the answer is unknown, in one line")
-    neighbors: list[NeighborOut]
+    rerank: str = Field(
+        description="How the neighbours were re-ranked (none, dba, qe, dba+qe): the index's "
+        "setting; the label is decided before"
+    )
+    neighbors: list[NeighborOut] = Field(description="Best first, by their re-ranked scores")
 
 
 class FileNote(BaseModel):

@@ -33,6 +33,7 @@ from retrieval.datasets.folders import Record
 from retrieval.engine.embed import Embedder, EmbedResult
 from retrieval.engine.runtime import ONNX_FILE, OnnxForward, onnx_entry
 from retrieval.errors import InputError, ModelError
+from retrieval.indexing import dba
 from retrieval.indexing.calibration import check_settings, recalibrate
 from retrieval.indexing.ingest import Embedded, commit_parts, dedupe, hash_records, local_parts
 from retrieval.indexing.shards import deal, is_sharded, shard_name, write_shards
@@ -356,11 +357,15 @@ def build_index(
 def _calibrate(
     root: Path, folders: Sequence[Path], known_accept: float | None, absent_share: float | None
 ) -> None:
-    """The open-set state of the complete staging index (retrieval/indexing/calibration.py),
-    made before it is swapped into place, so that its first query finds it."""
+    """The open-set state of the complete staging index (retrieval/indexing/calibration.py)
+    and, unsharded, its DBA lists (retrieval/indexing/dba.py), made before it is swapped into
+    place, so that its first query finds them."""
     stores = [IndexStore.open(f) for f in folders]
     try:
         recalibrate(root, stores, known_accept=known_accept, absent_share=absent_share)
+        if len(stores) == 1 and dba.applies(stores[0]):
+            with stores[0].writing():
+                dba.load(stores[0])
     finally:
         for store in stores:
             store.close()

@@ -67,9 +67,9 @@ class Embedded:
     duplicates: list[tuple[str, str]] = field(default_factory=list)
 
 
-Committed = Callable[[int, np.ndarray, list[str]], None]
+Committed = Callable[[int, np.ndarray, np.ndarray, list[str]], None]
 """Called after each commit, the writer lock still held: (the store's generation before it, the
-vectors added, their labels)."""
+ids of the items added, their vectors, their labels)."""
 
 
 def commit_parts(
@@ -92,14 +92,14 @@ def commit_parts(
             new = [part.ok[row] for row in rows]
             before = store.generation
             labels = [records[i].label for i in new]
-            store.add(
+            ids = store.add(
                 part.vectors[rows],
                 labels,
                 [str(Path(records[i].path).resolve()) for i in new],
                 [shas[i] for i in new],
             )
             if committed is not None and new:
-                committed(before, part.vectors[rows], labels)
+                committed(before, ids, part.vectors[rows], labels)
         out.added.extend(str(records[i].path) for i in new)
         out.duplicates.extend(
             (str(records[i].path), f"already indexed as {item.path} ({item.label})")

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.config import DEFAULT_RERANK
 from retrieval.datasets import DatasetOptions
+from retrieval.engine.rerank import checked
 from retrieval.errors import InputError
 from retrieval.progress import ProgressFactory, no_progress
 from retrieval.training.metrics import (
@@ -45,6 +47,7 @@ def evaluate(
     seed: int = 0,
     k: int = 5,
     batch_size: int = 32,
+    rerank: str = DEFAULT_RERANK,
     dataset: DatasetOptions | None = None,
     progress: ProgressFactory = no_progress,
 ) -> Evaluation:
@@ -53,7 +56,10 @@ def evaluate(
     after enrolling ``shots`` random images per class; and the open world (``open_set``, ``ece``):
     half the classes (seeded) in a gallery with 60 % of their images, the rest of their images
     and up to 12 of each other class's queried one at a time, the gallery calibrated from itself
-    as an index is; with the embeddings they came from."""
+    as an index is; with the embeddings they came from. Recall@K and MAP@R rank the neighbours
+    as ``query --rerank`` does (``rerank``); the labels (enrolment, open world) are decided
+    before re-ranking, as a query decides them."""
+    checked(rerank)
     from retrieval.nets.export import fast_embedder
     from retrieval.nets.model import load_model
 
@@ -69,7 +75,8 @@ def evaluate(
     labels = [scan.records[i].label for i in result.ok]
     if len(set(labels)) < 2:
         raise InputError(f"{data_dir}: evaluation needs at least 2 labels with readable images")
-    metrics: dict[str, Any] = retrieval_metrics(result.vectors, np.array(labels))
+    metrics: dict[str, Any] = retrieval_metrics(result.vectors, np.array(labels), rerank=rerank)
+    metrics["rerank"] = rerank
     metrics["enrollment"] = {
         str(n): enrollment_accuracy(result.vectors, labels, n, seed=seed, k=k) for n in shots
     }

@@ -11,6 +11,7 @@ import numpy as np
 
 from retrieval.engine import openset
 from retrieval.engine.classify import Neighbor, nearest_prototype, vote
+from retrieval.engine.rerank import Lists, rerank, shortlist
 
 BLOCK = 1024
 
@@ -35,6 +36,21 @@ def neighbors_leave_one_out(x: np.ndarray, k: int, block: int = BLOCK) -> np.nda
         )
         order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
         out[s : s + block] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def reranked_leave_one_out(x: np.ndarray, k: int, method: str) -> np.ndarray:
+    """Indices (n, k) of each row's k best other rows as ``query --rerank method`` ranks them
+    in a gallery of all the other rows: the shortlist of the index, re-ranked, each row queried
+    on its own and left out of every DBA neighbour list first."""
+    if method == "none":
+        return neighbors_leave_one_out(x, k)
+    cand = neighbors_leave_one_out(x, shortlist(k, method))
+    lists = Lists.of(x)
+    out = np.empty((len(x), min(k, cand.shape[1])), np.int64)
+    for i, row in enumerate(cand):
+        scores = rerank(method, x[i], row, x.__getitem__, lists, without=i)
+        out[i] = row[np.argsort(-scores, kind="stable")[: out.shape[1]]]
     return out
 
 
@@ -68,11 +84,12 @@ def map_at_r(labels: np.ndarray, nn_labels: np.ndarray) -> float:
 
 
 def retrieval_metrics(
-    x: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8)
+    x: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8), rerank: str = "none"
 ) -> dict[str, float]:
-    """Leave-one-out Recall@K and MAP@R of embeddings ``x`` (n, d) with ``labels`` (n,)."""
+    """Leave-one-out Recall@K and MAP@R of embeddings ``x`` (n, d) with ``labels`` (n,), the
+    neighbours re-ranked by ``rerank`` (reranked_leave_one_out)."""
     _, counts = np.unique(labels, return_counts=True)
-    idx = neighbors_leave_one_out(x, max(max(ks), int(counts.max()) - 1))
+    idx = reranked_leave_one_out(x, max(max(ks), int(counts.max()) - 1), rerank)
     nn_labels = labels[idx]
     out = {f"recall_at_{k}": v for k, v in recall_at_k(labels, nn_labels, ks).items()}
     out["map_at_r"] = map_at_r(labels, nn_labels)

@@ -62,6 +62,7 @@ def _command_loop(root: Path, image: Path, stop: threading.Event, seen: dict[str
                     "vote_share",
                     "decision",
                     "unknown_because",
+                    "rerank",
                     "neighbors",
                 }
                 assert len(answer["neighbors"]) == K

@@ -1,0 +1,195 @@
+"""Training-free re-ranking of a query's shortlist, in numpy: database-side augmentation (DBA)
+and alpha-weighted query expansion (alpha-QE).
+
+DBA: each gallery item is ranked by normalise(x + sum_i max(s_i, 0)^ALPHA x_i) over its ``M``
+nearest other gallery items (label-blind: the labels never enter a score), computed from the raw
+vectors, which stay the truth. alpha-QE: the query is replaced by normalise(q + sum_i
+max(s_i, 0)^ALPHA y_i) over the ``QE_N`` best of its shortlist and the shortlist scored again.
+Both act on the shortlist the index returns (``shortlist(k)`` items), never on the whole gallery.
+
+The neighbour lists (``Lists``) keep one spare neighbour, so that an item can be left out of
+every list exactly (``Lists.rows(ids, without=...)``): a query whose own photo is in the gallery
+is then never a DBA neighbour of what it is compared with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from retrieval.config import RERANK_METHODS
+from retrieval.errors import InputError
+
+M = 3  # DBA neighbours of an item
+QE_N = 3  # shortlist items the query is expanded with
+ALPHA = 3.0  # weight of a neighbour: its cosine score (clipped at 0) to this power
+SHORTLIST = 200  # items the index returns for re-ranking (at least k)
+BLOCK = 1024
+
+
+def checked(method: str) -> str:
+    """``method`` if it is one of RERANK_METHODS; else InputError naming them."""
+    if method not in RERANK_METHODS:
+        raise InputError(f"--rerank must be one of {', '.join(RERANK_METHODS)}, not {method!r}")
+    return method
+
+
+def shortlist(k: int, method: str) -> int:
+    """How many nearest items a query of ``k`` neighbours asks the index for."""
+    return k if method == "none" else max(k, SHORTLIST)
+
+
+def uses_lists(method: str) -> bool:
+    return method.startswith("dba")
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def nearest_others(x: np.ndarray, k: int, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, scores), each (n, k), of each row's k most similar other rows of ``x`` (unit
+    rows), best first (ties: the lower index first). Memory O(block * n), never n * n."""
+    n = x.shape[0]
+    k = max(0, min(k, n - 1))
+    idx = np.empty((n, k), np.int64)
+    sims = np.empty((n, k), np.float32)
+    for s in range(0, n, block):
+        sim = x[s : s + block] @ x.T
+        rows = np.arange(sim.shape[0])
+        sim[rows, s + rows] = -np.inf
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if 0 < k < n - 1 else None
+        cand = np.argsort(-sim, axis=1, kind="stable")[:, :k] if part is None else np.sort(part, 1)
+        score = np.take_along_axis(sim, cand, axis=1)
+        order = np.argsort(-score, axis=1, kind="stable")
+        idx[s : s + block] = np.take_along_axis(cand, order, axis=1)
+        sims[s : s + block] = np.take_along_axis(score, order, axis=1)
+    return idx, sims
+
+
+@dataclass
+class Lists:
+    """Each gallery item's ``M + 1`` nearest other items by raw score, best first (ties: the
+    lower id first): ``ids`` (n,) ascending, ``nbr`` (n, M + 1) their ids (-1 where the gallery
+    has fewer), ``sim`` (n, M + 1) their scores (-inf there)."""
+
+    ids: np.ndarray
+    nbr: np.ndarray
+    sim: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Lists:
+        return cls(
+            np.zeros(0, np.int64), np.zeros((0, M + 1), np.int64), np.zeros((0, M + 1), np.float32)
+        )
+
+    @classmethod
+    def of(cls, x: np.ndarray, ids: np.ndarray | None = None) -> Lists:
+        """The lists of a gallery held in memory: rows ``x``, ids ``ids`` (default 0..n-1,
+        ascending)."""
+        ids = np.arange(len(x), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        idx, sims = nearest_others(x, M + 1)
+        return cls.sorted(ids, ids[idx], sims)
+
+    @classmethod
+    def sorted(cls, ids: np.ndarray, nbr: np.ndarray, sim: np.ndarray) -> Lists:
+        """Lists from unordered rows of up to M + 1 (or more) candidates each: each row sorted
+        by (-score, id), cut or padded to M + 1; rows by id."""
+        nbr = np.where(np.isfinite(sim), nbr, np.iinfo(np.int64).max)
+        order = np.lexsort((nbr, -sim), axis=1)[:, : M + 1]
+        nbr = np.take_along_axis(nbr, order, axis=1)
+        sim = np.take_along_axis(sim, order, axis=1).astype(np.float32)
+        pad = M + 1 - nbr.shape[1]
+        if pad > 0:
+            nbr = np.pad(nbr, ((0, 0), (0, pad)), constant_values=-1)
+            sim = np.pad(sim, ((0, 0), (0, pad)), constant_values=-np.inf)
+        nbr = np.where(np.isfinite(sim), nbr, -1)
+        by_id = np.argsort(ids, kind="stable")
+        return cls(np.asarray(ids, np.int64)[by_id], nbr[by_id], sim[by_id])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(
+        self, ids: Sequence[int] | np.ndarray, without: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(neighbour ids, scores), each (len(ids), M), of these items, the item ``without``
+        left out of every list (exact: the lists hold a spare)."""
+        at = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        if not len(self.ids) or not np.array_equal(self.ids[at], ids):
+            raise LookupError("an item of the shortlist has no neighbour list")
+        nbr, sim = self.nbr[at], self.sim[at]
+        if without is not None:
+            keep = np.argsort(nbr == without, axis=1, kind="stable")
+            nbr = np.take_along_axis(nbr, keep, axis=1)
+            sim = np.take_along_axis(sim, keep, axis=1)
+        return nbr[:, :M], sim[:, :M]
+
+    def equals(self, other: Lists, atol: float = 1e-5) -> bool:
+        return (
+            np.array_equal(self.ids, other.ids)
+            and np.array_equal(self.nbr, other.nbr)
+            and np.allclose(self.sim, other.sim, atol=atol)
+        )
+
+
+def _weights(sims: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(sims), np.maximum(sims, 0.0), 0.0) ** ALPHA
+
+
+def augment(x: np.ndarray, nbr_x: np.ndarray, nbr_sim: np.ndarray) -> np.ndarray:
+    """DBA vectors (K, d) of items ``x`` (K, d) from their neighbours' raw vectors ``nbr_x``
+    (K, M, d) and scores ``nbr_sim`` (K, M) (-inf where a list is short)."""
+    return normalise(x + np.einsum("km,kmd->kd", _weights(nbr_sim), nbr_x))
+
+
+def expand(q: np.ndarray, y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """alpha-QE of query ``q`` (d,) with the best ``QE_N`` of its shortlist ``y`` (K, d),
+    ``scores`` (K,) their scores."""
+    best = np.argsort(-scores, kind="stable")[:QE_N]
+    return normalise(q + _weights(scores[best]) @ y[best])
+
+
+def rescore(
+    method: str,
+    q: np.ndarray,
+    x: np.ndarray,
+    nbr_x: np.ndarray | None = None,
+    nbr_sim: np.ndarray | None = None,
+) -> np.ndarray:
+    """The re-ranked scores (K,) of a shortlist of raw vectors ``x`` (K, d) for query ``q``
+    (d,): cosine to each item's DBA vector (``dba``; its neighbours ``nbr_x``, ``nbr_sim``), to
+    the expanded query (``qe``), or both."""
+    y = augment(x, nbr_x, nbr_sim) if uses_lists(method) else x  # type: ignore[arg-type]
+    scores = y @ q
+    if method.endswith("qe"):
+        scores = y @ expand(q, y, scores)
+    return scores
+
+
+def rerank(
+    method: str,
+    q: np.ndarray,
+    cand: np.ndarray,
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    lists: Lists | None = None,
+    without: int | None = None,
+) -> np.ndarray:
+    """The re-ranked scores (K,) of a query's shortlist ``cand`` (K ids): ``vectors_of(ids)``
+    gives the raw vectors of ascending ids; ``lists`` the gallery's neighbour lists (for DBA),
+    the item ``without`` left out of them."""
+    nbr = sim = None
+    wanted = np.unique(cand)
+    if uses_lists(method):
+        assert lists is not None
+        nbr, sim = lists.rows(cand, without)
+        wanted = np.union1d(wanted, nbr[nbr >= 0])
+    rows = vectors_of(wanted)
+
+    def at(ids: np.ndarray) -> np.ndarray:  # an id -1 (no neighbour, weight 0) gets any row
+        return rows[np.minimum(np.searchsorted(wanted, ids), len(wanted) - 1)]
+
+    return rescore(method, q, at(cand), None if nbr is None else at(nbr), sim)

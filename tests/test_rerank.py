@@ -1,0 +1,201 @@
+"""Re-ranking (retrieval/engine/rerank.py) and its state beside an index
+(retrieval/indexing/dba.py): the lists kept equal to lists made from scratch through enrolment
+and removal, a query never a DBA neighbour of what it is compared with, the option through the
+CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import retrieval
+from index import IndexStore
+from retrieval.engine import rerank as rr
+from retrieval.indexing import dba
+from retrieval.training.metrics import reranked_leave_one_out, retrieval_metrics
+
+from .helpers import COLORS, MODEL, add_items, run, unit_rows, write_image
+
+
+def clustered(n: int, classes: int, seed: int = 0, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    labels = rng.integers(0, classes, n)
+    x = (centres[labels] + 0.8 * rng.normal(size=(n, dim))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def test_lists_are_the_nearest_others_with_a_spare():
+    x = unit_rows(40, seed=1)
+    lists = rr.Lists.of(x)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    for i in range(40):
+        assert lists.nbr[i].tolist() == np.argsort(-sims[i])[: rr.M + 1].tolist()
+    nbr, _ = lists.rows(np.arange(40), without=int(lists.nbr[0, 0]))
+    assert nbr[0].tolist() == lists.nbr[0, 1:].tolist()  # the spare moves up
+    assert nbr.shape == (40, rr.M)
+
+
+def test_kept_lists_follow_writes_as_if_made_from_scratch(tmp_path: Path, monkeypatch):
+    """Adds (some new items beyond the CHECK nearest of others, whose lists they enter all the
+    same) and removals: the kept lists equal lists made from the records afresh."""
+    monkeypatch.setattr(dba, "CHECK", 5)
+    x, _ = clustered(120, 6, seed=2)
+    store = IndexStore.create(tmp_path / "idx", 16, MODEL)
+    ids = add_items(store, x[:80], ["a"] * 80)
+    generation, _ = dba.load(store)
+    assert (tmp_path / "idx" / dba.FILE).is_file() and generation == store.generation
+    for lo, hi in ((80, 81), (81, 100), (100, 120)):
+        with store.writing():
+            before = store.generation
+            new = add_items(store, x[lo:hi], ["b"] * (hi - lo), start=lo)
+            dba.follow(store, before, new, x[lo:hi], 1)
+        kept = dba._read(store)
+        assert kept is not None and kept[0] == store.generation
+        assert kept[1].equals(dba.build(store))
+        ids = np.concatenate([ids, new])
+    for gone in (ids[:1], ids[5:30:3], ids[40:90]):
+        with store.writing():
+            before = store.generation
+            store.remove_ids(gone)
+            dba.follow(store, before, gone, None, -1)
+        kept = dba._read(store)
+        assert kept is not None and kept[0] == store.generation
+        assert kept[1].equals(dba.build(store))
+    store.close()
+
+
+def test_lists_not_of_the_records_are_made_anew(tmp_path: Path):
+    store = IndexStore.create(tmp_path / "idx", 16, MODEL)
+    add_items(store, unit_rows(20, seed=3), ["a"] * 20)
+    dba.load(store)
+    before = store.generation
+    add_items(store, unit_rows(5, seed=4), ["b"] * 5, start=20)  # a write that did not follow
+    dba.follow(store, before + 1, np.arange(3), unit_rows(3), 1)  # not the kept generation: no-op
+    assert dba._read(store)[0] == before
+    generation, lists = dba.load(store)
+    assert generation == store.generation and lists.equals(dba.build(store)) and len(lists) == 25
+    (tmp_path / "idx" / dba.FILE).write_bytes(b"damaged")
+    assert dba.load(store)[1].equals(lists)
+    store.close()
+
+
+def test_evaluate_queries_one_at_a_time_without_themselves():
+    """Each row's ranking equals a query of a gallery that never held it: the lists made from
+    scratch without the row, the row queried from outside."""
+    x, labels = clustered(90, 5, seed=5)
+    for method in ("dba", "qe", "dba+qe"):
+        got = reranked_leave_one_out(x, 10, method)
+        for i in range(0, 90, 7):
+            rest = np.delete(np.arange(90), i)
+            g = x[rest]
+            cand = np.argsort(-(g @ x[i]), kind="stable")[: rr.shortlist(10, method)]
+            scores = rr.rerank(method, x[i], cand, g.__getitem__, rr.Lists.of(g))
+            want = rest[cand[np.argsort(-scores, kind="stable")[:10]]]
+            assert got[i].tolist() == want.tolist(), (method, i)
+    plain = retrieval_metrics(x, labels)
+    assert retrieval_metrics(x, labels, rerank="none") == plain
+    assert retrieval_metrics(x, labels, rerank="dba+qe")["map_at_r"] != plain["map_at_r"]
+
+
+def test_a_gallery_photo_queried_again_is_no_neighbour_of_its_neighbours(
+    tiny_index: Path, tmp_path: Path
+):
+    """Querying a photo the index holds re-ranks exactly as if the index did not hold it."""
+    import shutil
+
+    photo = tmp_path / "g" / "red" / "1.png"
+    other = shutil.copytree(tiny_index, tmp_path / "without")
+    with retrieval.Retriever(other) as r:
+        r.remove(path=photo)
+        want = r.query(photo, k=6, rerank="dba")[0]
+    with retrieval.Retriever(tiny_index) as r:
+        got = r.query(photo, k=6, rerank="dba")[0]
+    assert [n.path for n in got.neighbors] == [n.path for n in want.neighbors]
+    assert [n.score for n in got.neighbors] == pytest.approx(
+        [n.score for n in want.neighbors], abs=1e-5
+    )
+
+
+def test_the_label_is_decided_before_reranking(tiny_index: Path, tmp_path: Path):
+    q = write_image(tmp_path / "q.png", COLORS["green"], seed=77)
+    with retrieval.Retriever(tiny_index) as r:
+        plain = r.query(q, k=4, rerank="none")[0]
+        for method in ("dba", "qe", "dba+qe"):
+            a = r.query(q, k=4, rerank=method)[0]
+            assert (a.label, a.confidence, a.vote_share, a.decision) == (
+                plain.label,
+                plain.confidence,
+                plain.vote_share,
+                plain.decision,
+            )
+            assert a.rerank == method and len(a.neighbors) == 4
+
+
+def test_rerank_round_trips_through_the_cli(tiny_index: Path, tmp_path: Path):
+    q = write_image(tmp_path / "q.png", COLORS["blue"], seed=78)
+    info = json.loads(run("info", "--index", tiny_index, "--json").output)
+    assert info["rerank"] == retrieval.api.DEFAULT_RERANK
+    for method in ("none", "dba", "qe", "dba+qe"):
+        obj = json.loads(
+            run("query", q, "--index", tiny_index, "--rerank", method, "--json").output
+        )
+        assert obj["rerank"] == method and obj["label"] == "blue"
+    run("calibrate", "--index", tiny_index, "--rerank", "qe")
+    assert json.loads(run("info", "--index", tiny_index, "--json").output)["rerank"] == "qe"
+    obj = json.loads(run("query", q, "--index", tiny_index, "--json").output)
+    assert obj["rerank"] == "qe"
+    bad = run("query", q, "--index", tiny_index, "--rerank", "kr", ok=False)
+    assert bad.exit_code != 0 and "--rerank" in bad.output
+
+
+def test_evaluate_names_its_reranking(tmp_path: Path):
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(4):
+            write_image(tmp_path / "d" / label / f"{j}.png", color, seed=10 * ci + j)
+    for method in ("none", "dba+qe"):
+        m = json.loads(
+            run("evaluate", tmp_path / "d", "--model", "tiny", "--rerank", method, "--json").output
+        )
+        assert m["rerank"] == method and 0 <= m["map_at_r"] <= 1
+
+
+def test_build_index_leaves_current_lists(tiny_index: Path):
+    with IndexStore.open(tiny_index) as store:
+        kept = dba._read(store)
+        assert kept is not None and kept[0] == store.generation
+        assert kept[1].equals(dba.build(store)) and len(kept[1]) == 12
+
+
+def test_a_sharded_index_is_not_reranked(tmp_path: Path):
+    for ci, (label, color) in enumerate(COLORS.items()):
+        for j in range(3):
+            write_image(tmp_path / "g" / label / f"{j}.png", color, seed=10 * ci + j)
+    retrieval.build(tmp_path / "g", tmp_path / "idx", model="tiny", shards=2)
+    q = write_image(tmp_path / "q.png", COLORS["red"], seed=79)
+    with retrieval.Retriever(tmp_path / "idx") as r:
+        assert r.query(q, k=3)[0].rerank == "none" and r.info().rerank == "none"
+        with pytest.raises(retrieval.RetrieveError, match="unsharded"):
+            r.query(q, k=3, rerank="dba")
+
+
+def test_an_index_past_the_dba_bound_reranks_by_expansion_alone(
+    tiny_index: Path, tmp_path: Path, monkeypatch
+):
+    """Past dba.AT_MOST items no lists are kept (their build is a search per item): the default
+    dba+qe becomes qe, an explicit DBA is refused in one line, a write drops the old lists."""
+    monkeypatch.setattr(dba, "AT_MOST", 12)
+    probe = write_image(tmp_path / "q.png", COLORS["red"], seed=71)
+    with retrieval.Retriever(tiny_index) as r:
+        assert r.answer(probe).rerank == "dba+qe"  # 12 items: at the bound, lists kept
+        assert (tiny_index / dba.FILE).exists()
+        r.enroll("red", [write_image(tmp_path / "r.png", COLORS["red"], seed=72)])
+        assert not (tiny_index / dba.FILE).exists()
+        assert r.answer(probe).rerank == "qe" and r.info().rerank == "qe"
+        with pytest.raises(retrieval.RetrieveError, match="--rerank dba: DBA is kept for"):
+            r.answer(probe, rerank="dba")
+        assert not (tiny_index / dba.FILE).exists()
