@@ -783,7 +783,10 @@ class IndexStore:
         k: int,
     ) -> list[Hit]:
         """The best ``k`` of ``candidates`` for ``query``, scored with their vectors (``ids``,
-        sorted, ``vectors`` and ``names`` as ``RecordDB.hits`` gives them)."""
+        sorted, ``vectors`` and ``names`` as ``RecordDB.hits`` gives them); candidates the
+        records no longer hold (removed, or a folder swapped under a reader) are left out."""
+        if not ids.size:
+            return []
         at = np.searchsorted(ids, candidates)
         at = at[(at < ids.size) & (ids[np.minimum(at, ids.size - 1)] == candidates)]
         scores = vectors[at] @ query

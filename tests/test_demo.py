@@ -41,6 +41,7 @@ def test_demo_builds_queries_and_enrols(tmp_path: Path):
     (at,) = [i for i, line in enumerate(lines) if line.startswith("items ")]
     assert lines[at].split()[1:] == ["89", "in", "8", "labels"]
     assert lines[at + 1].startswith("unknown   below decision score ")
-    rows = [line.rsplit(maxsplit=1) for line in lines[at + 2 :]]
+    assert lines[at + 2] == "rerank    dba+qe"
+    rows = [line.rsplit(maxsplit=1) for line in lines[at + 3 :]]
     table = {label.strip(): int(n) for label, n in rows}
     assert len(table) == 8 and sum(table.values()) == 89 and table[new_label] == 5
