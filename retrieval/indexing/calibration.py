@@ -113,26 +113,31 @@ def _read(root: Path) -> OpenSet | None:
     except Exception as exc:  # a damaged or foreign file: derived data, made anew
         log.warning("%s cannot be used (%s); making it anew from the records", path, exc)
         return None
-    for then, now, labels, sign, vectors in _followed(root):
-        if then == state.generations:
-            try:
-                state.stats.update(vectors, labels, sign)
-            except ValueError as exc:
-                log.warning("%s cannot be used (%s)", root / FOLLOWED, exc)
-                return None
-            state.generations = now
+    state.generations, live = _chain(state.generations, root)
+    for _, _, labels, sign, vectors in live:
+        try:
+            state.stats.update(vectors, labels, sign)
+        except ValueError as exc:
+            log.warning("%s cannot be used (%s)", root / FOLLOWED, exc)
+            return None
     return state
 
 
 def _kept_generations(root: Path) -> tuple[tuple[int, ...] | None, list[Followed]]:
     """The generations the kept state is at, its followed commits included, read without its
-    arrays; and those commits (older ones, left by a writer killed before it dropped them,
-    are not)."""
+    arrays; and those commits (see _chain)."""
     try:
         with np.load(root / FILE, allow_pickle=False) as arrays:
             generations = tuple(int(g) for g in json.loads(str(arrays["meta"]))["generations"])
     except Exception:  # missing or damaged: _read says so when it is next read
         return None, []
+    return _chain(generations, root)
+
+
+def _chain(generations: tuple[int, ...], root: Path) -> tuple[tuple[int, ...], list[Followed]]:
+    """The commits of FOLLOWED that follow on from a state at ``generations``, and the
+    generations after them; older ones (left by a writer killed before it dropped them) are
+    not among them."""
     live = []
     for entry in _followed(root):
         if entry[0] == generations:
