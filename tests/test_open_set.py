@@ -253,3 +253,10 @@ def test_small_commits_are_followed_beside_the_state_not_by_rewriting_it(
         commit(store, slice(105, 106))  # 6 items since the calibration's 100: refitted
         assert not (root / calibration.FOLLOWED).exists()
         assert calibration._read(root).calibration.n == 106
+        commit(store, slice(106, 107))
+        assert (root / calibration.FOLLOWED).exists()
+        (root / calibration.FOLLOWED).write_bytes(b"damaged")  # derived: the state is made anew
+        assert calibration._read(root).generations != (store.generation,)
+        state = calibration.load(root, [store])
+        assert state.generations == (store.generation,) and state.stats.n == 107
+        matches(store)
