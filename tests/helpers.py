@@ -55,6 +55,18 @@ def retrieve_exe() -> str:
     return found
 
 
+# The keys of one answer of `retrieve query --json` (a contract: scripts read them).
+ANSWER_JSON_KEYS = {
+    "query",
+    "label",
+    "confidence",
+    "vote_share",
+    "decision",
+    "unknown_because",
+    "rerank",
+    "neighbors",
+}
+
 # The keys of `retrieve evaluate --json` (a contract: scripts read them).
 EVALUATE_JSON_KEYS = {
     "recall_at_1",

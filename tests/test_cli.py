@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import COLORS, run, write_image
+from .helpers import ANSWER_JSON_KEYS, COLORS, run, write_image
 
 
 def snapshot(index: Path) -> dict[str, bytes]:
@@ -52,16 +52,7 @@ def test_query_json_contract(built: Path, tmp_path: Path):
     lines = run("query", q, "--index", built, "-k", "3", "--json").output.splitlines()
     assert len(lines) == 1
     obj = json.loads(lines[0])
-    assert set(obj) == {
-        "query",
-        "label",
-        "confidence",
-        "vote_share",
-        "decision",
-        "unknown_because",
-        "rerank",
-        "neighbors",
-    }
+    assert set(obj) == ANSWER_JSON_KEYS
     assert obj["query"] == str(q)
     assert obj["label"] == "red"
     assert 0 < obj["confidence"] <= 1 and 0 < obj["vote_share"] <= 1

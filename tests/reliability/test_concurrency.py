@@ -17,7 +17,15 @@ import pytest
 from index import IndexStore
 from retrieval.indexing.build import build_index
 
-from ..helpers import COMMAND_ENV, palette, record, retrieve_exe, write_gallery, write_image
+from ..helpers import (
+    ANSWER_JSON_KEYS,
+    COMMAND_ENV,
+    palette,
+    record,
+    retrieve_exe,
+    write_gallery,
+    write_image,
+)
 from .helpers import retrieve
 
 # Subprocess-heavy (minutes): run with the reliability folder, not in the quick suite.
@@ -55,16 +63,7 @@ def _command_loop(root: Path, image: Path, stop: threading.Event, seen: dict[str
             assert done.returncode == 0, done.stderr
             answer = json.loads(done.stdout)
             if args[0] == "query":
-                assert set(answer) == {
-                    "query",
-                    "label",
-                    "confidence",
-                    "vote_share",
-                    "decision",
-                    "unknown_because",
-                    "rerank",
-                    "neighbors",
-                }
+                assert set(answer) == ANSWER_JSON_KEYS
                 assert len(answer["neighbors"]) == K
                 seen["queries"] += 1
             else:
