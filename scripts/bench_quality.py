@@ -2,7 +2,8 @@
 
 Trains on the first 25 species of cub50-dev in sorted-name order (validation classes for early
 stopping are held out of those 25), measures on the other 25: Recall@1/2/4/8 and MAP@R
-leave-one-out, and 5-shot enrolment accuracy. Prints one table with the machine and the command.
+leave-one-out, and enrolment accuracy from 1, 5 and 10 photos per species (each the mean of 5
+seeded draws of those photos). Prints one table with the machine and the command.
 With ``--rerank``, each row once per re-ranking (as ``retrieve query --rerank`` ranks; the
 5-shot label is decided before re-ranking), with the warm query latency p50 of ``retrieve
 query`` on an index of the measured images (each queried photo left out of its neighbours;
@@ -47,12 +48,14 @@ TRAINED_ROWS = {
     "ours+attention": replace(OURS, attention=True),
     "ours-whiten512": replace(OURS, dim=512),
 }
+# Rows that measure another row's trained model (WORK/ROW) with its mirror-image averaging off.
+NO_FLIP_ROWS = {"ours-noflip": "ours"}
 FROZEN_ROWS = {
     "frozen-avg": ModelSpec(pooling="avg"),
     "frozen-gem": ModelSpec(pooling="gem"),
     "frozen-gem-flip": ModelSpec(pooling="gem", flip=True),
 }
-ALL_ROWS = [*FROZEN_ROWS, *TRAINED_ROWS, "pml-reference"]
+ALL_ROWS = [*FROZEN_ROWS, *TRAINED_ROWS, *NO_FLIP_ROWS, "pml-reference"]
 
 
 def split(data: Path) -> tuple[list[Record], list[Record]]:
@@ -65,6 +68,8 @@ def split(data: Path) -> tuple[list[Record], list[Record]]:
 
 
 LATENCY_QUERIES = 200
+SHOTS = (1, 5, 10)  # enrolment accuracy with this many photos per species ...
+DRAWS = 5  # ... averaged over this many seeded draws of those photos
 
 
 def query_p50(model: str, test: list[Record], work: Path, reranks: list[str]) -> dict[str, float]:
@@ -90,13 +95,25 @@ def query_p50(model: str, test: list[Record], work: Path, reranks: list[str]) ->
 
 
 def measure(
-    model_ref: str, spec: ModelSpec | None, test: list[Record], reranks: list[str], work: Path
+    model_ref: str,
+    spec: ModelSpec | None,
+    test: list[Record],
+    reranks: list[str],
+    work: Path,
+    flip: bool = True,
 ) -> dict[str, dict[str, float]]:
     loaded = load_model(model_ref, spec=spec)
+    if not flip:
+        loaded.net.spec = replace(loaded.net.spec, flip=False)
     emb = loaded.embedder(batch_size=32).embed_paths([r.path for r in test])
     labels = [test[i].label for i in emb.ok]
-    enroll_5 = enrollment_accuracy(emb.vectors, labels, 5, seed=0)
-    if spec is not None:  # a frozen row: the model as a folder, for build-index
+    enrol = {
+        f"enroll_{n}": float(
+            np.mean([enrollment_accuracy(emb.vectors, labels, n, seed=s) for s in range(DRAWS)])
+        )
+        for n in SHOTS
+    }
+    if spec is not None or not flip:  # the model as measured, as a folder for build-index
         model_ref = str(save_model_dir(loaded.net, work / "model").parent)
     p50 = (
         query_p50(model_ref, [test[i] for i in emb.ok], work, reranks)
@@ -106,7 +123,7 @@ def measure(
     return {
         method: {
             **retrieval_metrics(emb.vectors, np.array(labels), rerank=method),
-            "enroll_5": enroll_5,
+            **enrol,
             "query_p50_ms": 1000 * p50.get(method, float("nan")),
         }
         for method in reranks
@@ -126,6 +143,14 @@ def run_row(
     if name in FROZEN_ROWS:
         measured = measure("efficientnet_lite0", FROZEN_ROWS[name], test, reranks, work / name)
         return {m: {**r, "train_s": 0.0, "epochs": 0} for m, r in measured.items()}
+    if name in NO_FLIP_ROWS:
+        base = work / NO_FLIP_ROWS[name]
+        if not (base / "model.pt").is_file():
+            sys.exit(
+                f"bench_quality: row {name} measures {base}; train it first (--rows {base.name})"
+            )
+        measured = measure(str(base), None, test, reranks, work / f"{name}-measured", flip=False)
+        return {m: {**r, "train_s": float("nan"), "epochs": "–"} for m, r in measured.items()}
     out = work / name
     if reuse:
         measured = measure(str(out), None, test, reranks, work / f"{name}-measured")
@@ -214,15 +239,16 @@ def main() -> None:
         f"{args.species} species ({len(measured)} images)"
     )
     print(
-        "| row | R@1 | R@2 | R@4 | R@8 | MAP@R | 5-shot enrol | query p50 | epochs | train wall |"
+        "| row | R@1 | R@2 | R@4 | R@8 | MAP@R | 1-shot | 5-shot | 10-shot | query p50 | epochs | train wall |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         wall = "–" if np.isnan(r["train_s"]) else f"{r['train_s'] / 60:.1f} min"
         p50 = "–" if np.isnan(r["query_p50_ms"]) else f"{r['query_p50_ms']:.1f} ms"
         print(
             f"| {name} | {r['recall_at_1']:.3f} | {r['recall_at_2']:.3f} | {r['recall_at_4']:.3f} | "
-            f"{r['recall_at_8']:.3f} | {r['map_at_r']:.3f} | {r['enroll_5']:.3f} | "
+            f"{r['recall_at_8']:.3f} | {r['map_at_r']:.3f} | {r['enroll_1']:.3f} | {r['enroll_5']:.3f} | "
+            f"{r['enroll_10']:.3f} | "
             f"{p50} | {r['epochs']} | {wall} |"
         )
 
