@@ -9,6 +9,8 @@ the build, of the same exported network at the same batch size.
     python scripts/bench_speed.py --quick    # a smaller run (about 3 minutes)
     python scripts/bench_speed.py --json     # one JSON object instead of the table
     python scripts/bench_speed.py --forward-only  # the forward-pass rows and int8 (about 5 minutes)
+    python scripts/bench_speed.py --build-only --trained runs/cub50-model  # build-index rows alone,
+        # of the default network and of a trained model folder (mirror-image averaging: 2 passes)
 """
 
 from __future__ import annotations
@@ -207,14 +209,16 @@ def run_child(args: list[object], stdin: str | None = None) -> tuple[str, float]
 
 
 def build_vs_forward(
-    gallery: Path, index: Path, forward: Forward, batch: np.ndarray
+    gallery: Path, index: Path, forward: Forward, batch: np.ndarray, model: str | None = None
 ) -> dict[str, float]:
     """build-index images/s (its own figure: hashing, decoding, embedding, committing) and the
-    bare forward pass of the same network at the same batch size, before and after the build."""
+    bare forward pass of the default network at the same batch size, before and after the build;
+    with ``model``, the build runs that model (``--model``) instead of the default."""
     before = images_per_second(forward, batch, 5.0)
+    chosen = ["--model", model] if model else []
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         proc = subprocess.Popen(
-            [*RETRIEVE, "build-index", str(gallery), "--index", str(index), "--force"],
+            [*RETRIEVE, "build-index", str(gallery), "--index", str(index), "--force", *chosen],
             stdout=stdout,
             stderr=stderr,
         )
@@ -285,29 +289,39 @@ def table(res: dict) -> str:
         f"bf16 {m['bf16']}; torch {m['torch']}, onnxruntime {m['onnxruntime']}",
         f"command: {res['command']}",
         "",
-        f"forward pass, efficientnet_lite0, batch {BATCH} at 224 px:",
-        f"  {'variant':<24} {'img/s':>7} {'max |diff|':>11} {'R@1':>7}  note",
     ]
-    for name, v in res["forward"].items():
-        img_s = f"{v['img_s']:.1f}" if v["img_s"] is not None else "-"
-        diff = f"{v['max_abs_diff']:.1e}" if v["max_abs_diff"] is not None else "-"
-        r1 = f"{v['recall_at_1']:.4f}" if v["recall_at_1"] is not None else "-"
-        lines.append(f"  {name:<24} {img_s:>7} {diff:>11} {r1:>7}  {v['note']}")
-    q = res["int8"]
-    lines.append(
-        f"int8 over float32 (onnxruntime): {q['speedup']:.2f}x the images/s, Recall@1 "
-        f"{q['recall_at_1_float32']:.4f} -> {q['recall_at_1_int8']:.4f} ({q['r1_drop']:+.2f} "
-        "points lost)"
-    )
+    if "forward" in res:
+        lines += [
+            f"forward pass, efficientnet_lite0, batch {BATCH} at 224 px:",
+            f"  {'variant':<24} {'img/s':>7} {'max |diff|':>11} {'R@1':>7}  note",
+        ]
+        for name, v in res["forward"].items():
+            img_s = f"{v['img_s']:.1f}" if v["img_s"] is not None else "-"
+            diff = f"{v['max_abs_diff']:.1e}" if v["max_abs_diff"] is not None else "-"
+            r1 = f"{v['recall_at_1']:.4f}" if v["recall_at_1"] is not None else "-"
+            lines.append(f"  {name:<24} {img_s:>7} {diff:>11} {r1:>7}  {v['note']}")
+        q = res["int8"]
+        lines.append(
+            f"int8 over float32 (onnxruntime): {q['speedup']:.2f}x the images/s, Recall@1 "
+            f"{q['recall_at_1_float32']:.4f} -> {q['recall_at_1_int8']:.4f} ({q['r1_drop']:+.2f} "
+            "points lost)"
+        )
     if "gallery" not in res:
         return "\n".join(lines)
     lines.append("")
-    for prefix, what in (("", res["gallery"]), ("large_", res["large_gallery"])):
+    builds = [("", res["gallery"])]
+    if "trained_build_img_s" in res:
+        builds.append(("trained_", f"{res['gallery']} with --model {res['trained']}"))
+    if "large_gallery" in res:
+        builds.append(("large_", res["large_gallery"]))
+    for prefix, what in builds:
         lines.append(
             f"build-index {what}: {res[prefix + 'build_img_s']} img/s; bare forward "
             f"{res[prefix + 'forward_img_s']} img/s; ratio {res[prefix + 'build_over_forward']}; "
             f"peak RSS {res[prefix + 'peak_rss_mb']} MiB"
         )
+    if "query_cold_s" not in res:
+        return "\n".join(lines)
     lines.append(
         f"query: cold {res['query_cold_s']} s (torch path {res['query_cold_torch_s']} s); warm "
         f"p50 {res['query_warm_p50_ms']} ms, p95 {res['query_warm_p95_ms']} ms per image "
@@ -323,6 +337,33 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def build_rows(
+    res: dict,
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    test: list[Record],
+    train: list[Record],
+    work: Path,
+    quick: bool,
+) -> tuple[Forward, np.ndarray]:
+    """build-index of the gallery with the default network, and with ``--trained`` when given,
+    into ``res``; prints the table when ``--build-only``. The reference forward pass and batch."""
+    fwd = OnnxForward(export_onnx(loaded.net))
+    batch = sample_batch(loaded, test[::5], n=BATCH)[:BATCH]
+    gallery = args.data
+    if quick:
+        gallery = subset_gallery(train + test, work / "gallery", 10)
+    res["gallery"] = f"{gallery.name} ({'10 species' if quick else 'all'})"
+    res.update(build_vs_forward(gallery, work / "index", fwd, batch))
+    if args.trained:
+        res["trained"] = args.trained
+        trained = build_vs_forward(gallery, work / "trained-index", fwd, batch, args.trained)
+        res.update({f"trained_{k}": v for k, v in trained.items()})
+    if args.build_only:
+        print(json.dumps(res) if args.json else table(res))
+    return fwd, batch
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -333,6 +374,12 @@ def main() -> None:
     ap.add_argument("--ann-n", type=int, default=None, help="vectors in the index benchmark")
     ap.add_argument(
         "--forward-only", action="store_true", help="only the forward-pass variants (and int8)"
+    )
+    ap.add_argument(
+        "--build-only", action="store_true", help="only build-index of the gallery (and --trained)"
+    )
+    ap.add_argument(
+        "--trained", default=None, help="a model folder: build-index of the gallery with it too"
     )
     args = ap.parse_args()
     if not args.data.is_dir():
@@ -345,6 +392,9 @@ def main() -> None:
     loaded = load_model("efficientnet_lite0")
     work = Path(tempfile.mkdtemp(prefix="bench_speed-"))
     try:
+        if args.build_only:
+            build_rows(res, args, loaded, test, train, work, quick)
+            return
         res["forward"] = forward_variants(
             loaded, train, test, quick=quick, has_bf16=bool(res["machine"]["bf16"])
         )
@@ -352,13 +402,7 @@ def main() -> None:
         if args.forward_only:
             print(json.dumps(res) if args.json else table(res))
             return
-        fwd = OnnxForward(export_onnx(loaded.net))
-        batch = sample_batch(loaded, test[::5], n=BATCH)[:BATCH]
-        gallery = args.data
-        if quick:
-            gallery = subset_gallery(train + test, work / "gallery", 10)
-        res["gallery"] = f"{gallery.name} ({'10 species' if quick else 'all'})"
-        res.update(build_vs_forward(gallery, work / "index", fwd, batch))
+        fwd, batch = build_rows(res, args, loaded, test, train, work, quick)
         n_large = 40 if quick else 300
         large = large_photos(test[:: max(1, len(test) // n_large)], n_large, work / "large")
         res["large_gallery"] = f"{n_large} JPEGs of 4000x3000"
