@@ -102,8 +102,6 @@ class TrainConfig:
     augment: bool = True
     val_classes: int | None = None  # None: held_out_classes' default (train.py)
     cache_views: int = 2
-    distill: float = 0.0
-    distill_temperature: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -49,7 +49,6 @@ TRAINED_ROWS = {
     "ours-whiten512": replace(OURS, dim=512),
     "ours-288": replace(OURS, image_size=288),
     "ours-lr3e-5": replace(OURS, lr_trunk=3e-5),
-    "ours-distill": replace(OURS, distill=1.0),
 }
 # Rows that measure another row's trained model (WORK/ROW) with its mirror-image averaging off.
 NO_FLIP_ROWS = {"ours-noflip": "ours"}

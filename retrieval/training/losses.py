@@ -223,16 +223,3 @@ def make_loss(name: str, *, num_classes: int | None = None, dim: int | None = No
             raise ValueError("the proxy-anchor loss needs num_classes and dim")
         return ProxyAnchorLoss(num_classes, dim)
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-
-
-def similarity_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """Mean over the batch of KL(teacher || student) between each row's softmax of its cosine
-    similarities to the other rows, divided by ``temperature``: the student (n, d) unit rows
-    keeps how the teacher (n, e) unit rows rank one image's batch-mates."""
-    n = len(student)
-    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
-    s = (student @ student.T)[off].view(n, n - 1) / temperature
-    t = (teacher @ teacher.T)[off].view(n, n - 1) / temperature
-    return F.kl_div(
-        F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), log_target=True, reduction="batchmean"
-    )

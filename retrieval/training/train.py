@@ -26,7 +26,7 @@ from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import InputError
 from retrieval.nets.model import EmbeddingNet, load_model, save_model_dir
 from retrieval.progress import ProgressFactory, no_progress
-from retrieval.training.losses import MetricLoss, make_loss, similarity_distillation
+from retrieval.training.losses import MetricLoss, make_loss
 from retrieval.training.metrics import retrieval_metrics
 from retrieval.training.miners import make_miner
 from retrieval.training.samplers import PKSampler
@@ -270,16 +270,6 @@ def train(
                 net, loader(val_recs, eval_tf), frozen, progress, "caching val"
             )
     stage = frozen
-    # The untrained network's descriptors of the training images: the similarities to keep.
-    teacher = (
-        torch.from_numpy(
-            _embed(
-                net, cache[:, 0] if cache is not None else loader(train_recs, eval_tf), stage, True
-            )
-        )
-        if cfg.distill
-        else None
-    )
 
     # With a whitening head (or none) the loss trains the pooled descriptor itself.
     descriptor = cfg.head == "whiten" or cfg.dim is None
@@ -338,21 +328,16 @@ def train(
         net.train()
         _freeze_batchnorm(net)
         losses = []
-        order = [torch.tensor(b) for b in sampler]
         if cache is not None:
             batches = (
                 (
                     cache[idx, torch.randint(cfg.cache_views, (len(idx),))].float(),
                     torch.tensor(train_labels)[idx],
                 )
-                for idx in order
+                for idx in (torch.tensor(b) for b in sampler)
             )
         else:
-            batches = iter(
-                DataLoader(
-                    train_ds, batch_sampler=[b.tolist() for b in order], num_workers=num_workers
-                )
-            )
+            batches = iter(DataLoader(train_ds, batch_sampler=sampler, num_workers=num_workers))
         with progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}") as bar:
             for i, (x, y) in enumerate(batches):
                 step = (epoch - 1) * steps_per_epoch + i
@@ -361,10 +346,6 @@ def train(
                 emb = net.descriptor_from(x, stage) if descriptor else net.embed_from(x, stage)
                 indices = miner(emb, y) if miner is not None else None
                 loss = loss_fn(emb, y, indices)
-                if teacher is not None:
-                    loss = loss + cfg.distill * similarity_distillation(
-                        emb, teacher[order[i]], cfg.distill_temperature
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
