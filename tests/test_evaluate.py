@@ -75,6 +75,17 @@ def test_perfect_embedding_is_perfect():
     assert enrollment_accuracy(x, [str(v) for v in labels], 1) == 1.0
 
 
+def test_enrollment_classifies_the_queries_rows():
+    """The enrolled photos come from x, the classified ones from queries: rows that point at
+    the next class make every answer wrong."""
+    labels = np.repeat(np.arange(5), 4)
+    x = np.eye(5, dtype=np.float32)[labels]
+    shifted = np.eye(5, dtype=np.float32)[(labels + 1) % 5]
+    names = [str(v) for v in labels]
+    assert enrollment_accuracy(x, names, 2, queries=x) == 1.0
+    assert enrollment_accuracy(x, names, 2, queries=shifted) == 0.0
+
+
 def test_knn_accuracy_by_hand():
     gallery = unit([0, 90])
     queries = unit([10, 80, 50])

@@ -128,10 +128,17 @@ def knn_accuracy(
 
 
 def enrollment_accuracy(
-    x: np.ndarray, labels: Sequence[str], shots: int, *, seed: int = 0, k: int = 5
+    x: np.ndarray,
+    labels: Sequence[str],
+    shots: int,
+    *,
+    seed: int = 0,
+    k: int = 5,
+    queries: np.ndarray | None = None,
 ) -> float | None:
     """Enrol ``shots`` random images per class (seeded), classify all the others as ``query``
-    does (knn_accuracy's prototype rule).
+    does (knn_accuracy's prototype rule): the enrolled images by their rows of ``x``, the
+    classified ones by their rows of ``queries`` (default ``x``: embedded the same way).
 
     Classes with no image left to classify are skipped; None when no class has enough images.
     """
@@ -151,7 +158,7 @@ def enrollment_accuracy(
     return knn_accuracy(
         x[gallery_idx],
         labels_arr[gallery_idx].tolist(),
-        x[query_idx],
+        (x if queries is None else queries)[query_idx],
         labels_arr[query_idx].tolist(),
         k=k,
     )
