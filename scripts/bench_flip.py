@@ -15,9 +15,6 @@ cost column is the forward pass's images/s over the single pass's, measured in t
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -29,12 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.nets.model import EmbeddingNet, load_model
-from retrieval.training.metrics import knn_accuracy, map_at_r, recall_at_k
+from retrieval.training.metrics import enrollment_accuracy, map_at_r, recall_at_k
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_quality import DEFAULT_DATA, DRAWS, SHOTS, split  # noqa: E402
+from bench_quality import DEFAULT_DATA, DRAWS, SHOTS, machine_and_command, split  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -74,29 +70,6 @@ def leave_one_out(
     _, counts = np.unique(labels, return_counts=True)
     nn_labels = labels[np.argsort(-sim, axis=1)[:, : int(counts.max()) - 1]]
     return recall_at_k(labels, nn_labels, (1,))[1], map_at_r(labels, nn_labels)
-
-
-def enrolment(gallery: np.ndarray, queries: np.ndarray, labels: np.ndarray, shots: int) -> float:
-    """enrollment_accuracy's draws, the enrolled photos' rows from ``gallery`` and the classified
-    photos' rows from ``queries``."""
-    accuracies = []
-    for seed in range(DRAWS):
-        rng = np.random.default_rng(seed)
-        enrolled: list[int] = []
-        asked: list[int] = []
-        for label in sorted(set(labels.tolist())):
-            members = np.flatnonzero(labels == label)
-            if len(members) <= shots:
-                continue
-            chosen = rng.permutation(members)
-            enrolled.extend(chosen[:shots].tolist())
-            asked.extend(chosen[shots:].tolist())
-        accuracies.append(
-            knn_accuracy(
-                gallery[enrolled], labels[enrolled].tolist(), queries[asked], labels[asked].tolist()
-            )
-        )
-    return float(np.mean(accuracies))
 
 
 def main() -> None:
@@ -143,12 +116,7 @@ def main() -> None:
             (f"mirror at stage {stage} of {len(net.backbone.stages())}", inside, inside, ips)
         )
 
-    cmd = "python " + " ".join(
-        shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]
-    )
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; command: {cmd}"
-    )
+    print(machine_and_command(__file__))
     print(
         f"model: {args.model}; measured on {len(set(labels.tolist()))} unseen species ({len(labels)} images)"
     )
@@ -160,7 +128,10 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(SHOTS) + "---|")
     for name, gallery, queries, ips in variants:
         r1, mapr = leave_one_out(gallery, queries, labels)
-        shots = " | ".join(f"{enrolment(gallery, queries, labels, n):.3f}" for n in SHOTS)
+        shots = " | ".join(
+            f"{np.mean([enrollment_accuracy(gallery, labels, n, seed=s, queries=queries) for s in range(DRAWS)]):.3f}"
+            for n in SHOTS
+        )
         print(f"| {name} | {r1:.3f} | {mapr:.3f} | {shots} | {ips / plain_ips:.2f} |")
 
 

@@ -60,6 +60,14 @@ FROZEN_ROWS = {
 ALL_ROWS = [*FROZEN_ROWS, *TRAINED_ROWS, *NO_FLIP_ROWS, "pml-reference"]
 
 
+def machine_and_command(script: str) -> str:
+    """The header line of a bench table: the machine and the command that ran ``script``."""
+    cmd = "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(script, ROOT), *sys.argv[1:]]
+    )
+    return f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; command: {cmd}"
+
+
 def split(data: Path) -> tuple[list[Record], list[Record]]:
     records = scan_gallery(data).records
     species = sorted({r.label for r in records})
@@ -229,12 +237,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(results))
         return
-    cmd = "python " + " ".join(
-        shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]
-    )
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; command: {cmd}"
-    )
+    print(machine_and_command(__file__))
     print(
         f"data: {args.data.name}, train {len({r.label for r in train_recs})} species "
         f"({len(train_recs)} images), measured on {len({r.label for r in measured})} "
