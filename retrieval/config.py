@@ -88,10 +88,10 @@ class TrainConfig:
     flip: bool = True
     loss: str = "multi-similarity"
     miner: str = "multi-similarity"
-    epochs: int = 2
+    epochs: int = 3
     p: int = 8
     k: int = 4
-    lr_trunk: float = 1e-5
+    lr_trunk: float = 1e-4
     lr_head: float = 1e-4
     weight_decay: float = 1e-4
     warmup: float = 0.1
