@@ -563,6 +563,14 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
     help="Channel + spatial attention (CBAM) on the last feature map.",
 )
 @click.option(
+    "--flip/--no-flip",
+    default=TrainConfig.flip,
+    show_default=True,
+    help="The model embeds each image with its mirror image and averages the two: two passes "
+    "of the network per image (README: +0.7 Recall@1 and +1.4 MAP@R on unseen species, half "
+    "the build-index images/s).",
+)
+@click.option(
     "--val-classes",
     type=click.IntRange(min=0),
     default=TrainConfig.val_classes,
