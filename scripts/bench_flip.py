@@ -26,7 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.nets.model import EmbeddingNet, load_model
-from retrieval.training.metrics import enrollment_accuracy, map_at_r, recall_at_k
+from retrieval.training.metrics import (
+    enrollment_accuracy,
+    map_at_r,
+    neighbors_leave_one_out,
+    recall_at_k,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import DEFAULT_DATA, DRAWS, SHOTS, machine_and_command, split  # noqa: E402
@@ -34,16 +39,13 @@ from bench_quality import DEFAULT_DATA, DRAWS, SHOTS, machine_and_command, split
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def tail_embedding(net: EmbeddingNet, maps: torch.Tensor, stage: int) -> torch.Tensor:
-    return F.normalize(net.head(net.descriptor_from(maps, stage)), dim=1)
-
-
 def mirrored_at(net: EmbeddingNet, stage: int) -> Forward:
-    """The trunk up to ``stage`` once, the rest on its output and on that output mirrored."""
+    """The trunk up to ``stage`` once, the rest on its output and on that output mirrored
+    (``net`` with its own mirror-image averaging off)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         maps = net.backbone.forward_stages(x, 0, stage)
-        both = tail_embedding(net, maps, stage) + tail_embedding(net, maps.flip(3), stage)
+        both = net.embed_from(maps, stage) + net.embed_from(maps.flip(3), stage)
         return F.normalize(both, dim=1)
 
     return forward
@@ -65,10 +67,8 @@ def leave_one_out(
     gallery: np.ndarray, queries: np.ndarray, labels: np.ndarray
 ) -> tuple[float, float]:
     """R@1 and MAP@R of each query row against every other gallery row."""
-    sim = queries @ gallery.T
-    np.fill_diagonal(sim, -np.inf)
     _, counts = np.unique(labels, return_counts=True)
-    nn_labels = labels[np.argsort(-sim, axis=1)[:, : int(counts.max()) - 1]]
+    nn_labels = labels[neighbors_leave_one_out(gallery, int(counts.max()) - 1, queries=queries)]
     return recall_at_k(labels, nn_labels, (1,))[1], map_at_r(labels, nn_labels)
 
 

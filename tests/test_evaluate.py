@@ -75,6 +75,15 @@ def test_perfect_embedding_is_perfect():
     assert enrollment_accuracy(x, [str(v) for v in labels], 1) == 1.0
 
 
+def test_leave_one_out_asks_the_queries_rows():
+    """Row i is asked as queries[i] against the other rows of x: two tight pairs, each row asked
+    as the other pair's vector finds that pair, itself still left out."""
+    x = unit([0, 10, 90, 100])
+    assert neighbors_leave_one_out(x, 1)[:, 0].tolist() == [1, 0, 3, 2]
+    swapped = x[[2, 3, 0, 1]]
+    assert neighbors_leave_one_out(x, 1, queries=swapped)[:, 0].tolist() == [2, 3, 0, 1]
+
+
 def test_enrollment_classifies_the_queries_rows():
     """The enrolled photos come from x, the classified ones from queries: rows that point at
     the next class make every answer wrong."""

@@ -16,17 +16,21 @@ from retrieval.engine.rerank import Lists, rerank, shortlist
 BLOCK = 1024
 
 
-def neighbors_leave_one_out(x: np.ndarray, k: int, block: int = BLOCK) -> np.ndarray:
+def neighbors_leave_one_out(
+    x: np.ndarray, k: int, block: int = BLOCK, *, queries: np.ndarray | None = None
+) -> np.ndarray:
     """Indices (n, k) of each row's k most similar other rows, best first.
 
-    ``x`` is (n, d) float32, rows L2-normalised. Works in blocks of ``block`` queries, so memory
-    is O(block * n), never n * n. The row itself is excluded.
+    ``x`` is (n, d) float32, rows L2-normalised. Row i is asked as ``queries[i]`` (default
+    ``x[i]``: embedded the same way). Works in blocks of ``block`` queries, so memory is
+    O(block * n), never n * n. The row itself is excluded.
     """
     n = x.shape[0]
     k = min(k, n - 1)
+    asked = x if queries is None else queries
     out = np.empty((n, k), dtype=np.int64)
     for s in range(0, n, block):
-        sim = x[s : s + block] @ x.T
+        sim = asked[s : s + block] @ x.T
         rows = np.arange(sim.shape[0])
         sim[rows, s + rows] = -np.inf
         part = (
