@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from retrieval.errors import RetrieveError
 from retrieval.nets.model import EmbeddingNet, load_model
 from retrieval.training.metrics import (
     enrollment_accuracy,
@@ -86,10 +87,18 @@ def main() -> None:
     args = ap.parse_args()
     if not args.data.is_dir():
         sys.exit(f"bench_flip: data folder {args.data} is absent (see ../shared/data/README.md)")
-    stages = [int(s) for s in args.stages.split(",") if s]
-    _, test = split(args.data)
-    loaded = load_model(args.model)
+    try:
+        loaded = load_model(args.model)
+    except RetrieveError as exc:
+        sys.exit(f"bench_flip: --model {args.model}: {exc}")
     net = loaded.net.eval()
+    n_stages = len(net.backbone.stages())
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if not all(s.isdigit() and 1 <= int(s) < n_stages for s in stages):
+        sys.exit(
+            f"bench_flip: --stages takes stage numbers from 1 to {n_stages - 1}, not {args.stages!r}"
+        )
+    _, test = split(args.data)
     net.spec = replace(net.spec, flip=False)
     batches: list[np.ndarray] = []
 
@@ -110,11 +119,9 @@ def main() -> None:
         ("mirror queries only", plain, averaged, plain_ips),
         ("mirror gallery only", averaged, plain, both_ips),
     ]
-    for stage in stages:
+    for stage in map(int, stages):
         inside, ips = run(mirrored_at(net, stage), batches)
-        variants.append(
-            (f"mirror at stage {stage} of {len(net.backbone.stages())}", inside, inside, ips)
-        )
+        variants.append((f"mirror at stage {stage} of {n_stages}", inside, inside, ips))
 
     print(machine_and_command(__file__))
     print(
