@@ -389,6 +389,9 @@ class IndexStore:
             else:
                 log.info("%s; rebuilding it from the records", exc)
             return None
+        if self._replaced():  # swapped in while the base was read: the base may be the new one's
+            log.info("%s now holds another index; rebuilding from the records opened", self._root)
+            return None
         db = self._records()
         if base.generation > generation:
             log.warning(

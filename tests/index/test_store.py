@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import FORMAT_VERSION, IndexStore, IndexStoreError, Item
+from index import FORMAT_VERSION, IndexStore, IndexStoreError, Item, exchange
+from index import cache as cache_module
 
 from ..helpers import DIM, MODEL, add_items, fake_sha, unit_rows
 from .helpers import assert_matches_reference, brute_force
@@ -400,3 +401,32 @@ def test_temp_files_of_state_kept_beside_the_index_go_with_the_next_writer(store
     with store.writing():
         pass
     assert not left.exists() and kept.read_bytes() == b"state"
+
+
+def test_a_folder_swapped_in_while_the_base_is_read_is_not_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build-index --force swaps another index into the folder after a reader checked that the
+    folder is still its own and before it read the FAISS base (both bases of the same
+    generation): the reader searches its own records, never the other index's base."""
+    root, other = tmp_path / "idx", tmp_path / "other"
+    for folder, label, seed in ((root, "mine", 1), (other, "theirs", 2)):
+        with IndexStore.create(folder, DIM, MODEL) as s:
+            add_items(s, unit_rows(30, seed=seed), [label] * 30)
+            s.rebuild_cache()  # a base holding the 30 vectors, at the same generation in both
+    mine = unit_rows(30, seed=1)
+    read = cache_module.FaissCache.read
+    swaps = []
+
+    def swap_then_read(self: cache_module.FaissCache, dim: int):
+        if not swaps:
+            exchange(other, root)
+            swaps.append(True)
+        return read(self, dim)
+
+    monkeypatch.setattr(cache_module.FaissCache, "read", swap_then_read)
+    with IndexStore.open(root, lazy=True) as store:
+        hits = store.search(mine[:4], 3)
+    assert swaps
+    assert [[h.label for h in row] for row in hits] == [["mine"] * 3] * 4
+    assert [row[0].score for row in hits] == pytest.approx([1.0] * 4, abs=1e-5)
