@@ -56,6 +56,11 @@ TRAINED_ROWS = {
     "ours-lr3e-5-3ep": replace(BEFORE, lr_trunk=3e-5, epochs=3),
     "ours-lr1e-4-2ep": replace(BEFORE, lr_trunk=1e-4),
     "ours-lr3e-4": replace(BEFORE, lr_trunk=3e-4),
+    "ours-p16": replace(OURS, p=16),
+    "ours-5ep": replace(OURS, epochs=5),
+    "ours-lite1": replace(OURS, backbone="efficientnet_lite1"),
+    "ours-lite2": replace(OURS, backbone="efficientnet_lite2"),
+    "ours-lite2-5ep": replace(OURS, backbone="efficientnet_lite2", epochs=5),
 }
 # Rows that measure another row's trained model (WORK/ROW) with its mirror-image averaging off.
 NO_FLIP_ROWS = {"ours-noflip": "ours", "ours-before-noflip": "ours-before"}
