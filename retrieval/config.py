@@ -100,6 +100,7 @@ class TrainConfig:
     whiten_power: float = 0.5
     image_size: int = 224
     augment: bool = True
+    crop_scale: float = 0.5  # the smallest share of an image's area a training crop keeps
     val_classes: int | None = None  # None: held_out_classes' default (train.py)
     cache_views: int = 2
     seed: int = 0
@@ -114,6 +115,8 @@ class TrainConfig:
         for name in ("epochs", "p", "k", "image_size", "cache_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"crop_scale must be in (0, 1], not {self.crop_scale}")
         if self.val_classes is not None and self.val_classes < 0:
             raise ValueError("val_classes must be 0 or more")
 

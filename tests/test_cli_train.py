@@ -67,6 +67,9 @@ def test_train_no_flip_gives_a_one_pass_model(gallery: Path, tmp_path: Path):
 def test_train_bad_settings(gallery: Path, tmp_path: Path):
     r = run("train", gallery, "--out", tmp_path / "m", "--freeze", "some", ok=False)
     assert r.exit_code == 2 and "freeze" in r.output
+    r = run("train", gallery, "--out", tmp_path / "m", "--crop-scale", "0", ok=False)
+    assert r.exit_code == 2 and "--crop-scale" in r.output
+    assert not (tmp_path / "m").exists()
     r = run(
         "train",
         gallery,

@@ -15,7 +15,13 @@ from retrieval.engine.images import load_rgb
 from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import InputError
 from retrieval.nets.model import load_model
-from retrieval.training.train import held_out_classes, pca_whitening, split_classes, train
+from retrieval.training.train import (
+    held_out_classes,
+    pca_whitening,
+    split_classes,
+    train,
+    train_transform,
+)
 
 from .helpers import write_image
 
@@ -165,3 +171,27 @@ def test_pca_whitening_decorrelates():
     y = x @ w.T + b
     np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(np.cov(y.T), np.eye(4), atol=1e-3)
+
+
+def test_crop_scale_bounds_how_much_of_the_image_a_crop_keeps():
+    """Left half red, right half blue: a crop that keeps the whole area (1.0) always shows both
+    halves; crops down to 5 % of the area often show one colour only."""
+    from PIL import Image
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:, :32, 0] = 255
+    img[:, 32:, 2] = 255
+    pre = load_model("tiny").net.preprocess
+
+    def one_coloured(crop_scale: float) -> int:
+        tf = train_transform(pre, 32, crop_scale)
+        torch.manual_seed(0)
+        crops = [tf(Image.fromarray(img)) for _ in range(40)]
+        return sum(
+            int(c[0].max() < c[0].min() + 1.0 or c[2].max() < c[2].min() + 1.0) for c in crops
+        )
+
+    assert one_coloured(1.0) == 0
+    assert one_coloured(0.05) >= 5
+    with pytest.raises(ValueError, match="crop_scale"):
+        TrainConfig(crop_scale=0)

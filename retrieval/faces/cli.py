@@ -613,6 +613,13 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
 @click.option(
     "--image-size", type=click.IntRange(min=32), default=TrainConfig.image_size, show_default=True
 )
+@click.option(
+    "--crop-scale",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=TrainConfig.crop_scale,
+    show_default=True,
+    help="The smallest share of an image's area a random training crop keeps.",
+)
 @click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run in --out (its own settings)."

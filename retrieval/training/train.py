@@ -68,14 +68,14 @@ def split_classes(
     return [r for r in records if r.label not in held], [r for r in records if r.label in held]
 
 
-def train_transform(pre: Preprocess, size: int) -> Callable:
-    """Random resized crop (0.5-1), horizontal flip, colour jitter, normalise."""
+def train_transform(pre: Preprocess, size: int, crop_scale: float) -> Callable:
+    """Random resized crop (``crop_scale``-1 of the area), horizontal flip, colour jitter, normalise."""
     from torchvision.transforms import v2
 
     return v2.Compose(
         [
             v2.PILToTensor(),
-            v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(0.2, 0.2, 0.2, 0.02),
             v2.ToDtype(torch.float32, scale=True),
@@ -243,7 +243,7 @@ def train(
         module.requires_grad_(False)
 
     eval_tf = EvalTransform(pre)
-    aug_tf = train_transform(pre, cfg.image_size) if cfg.augment else eval_tf
+    aug_tf = train_transform(pre, cfg.image_size, cfg.crop_scale) if cfg.augment else eval_tf
 
     def loader(
         recs: Sequence[Record], tf: Callable, labels: Sequence[int] | None = None
