@@ -76,6 +76,16 @@ class WriterLock:
         finally:
             self.release()
 
+    @contextmanager
+    def if_free(self) -> Iterator[bool]:
+        """Whether the lock could be taken without waiting; held for the block if so."""
+        free = self.acquire(timeout=0)
+        try:
+            yield free
+        finally:
+            if free:
+                self.release()
+
     def holder(self) -> str:
         """' (pid N)' of the last process that took the lock, or ''."""
         try:

@@ -626,6 +626,23 @@ class IndexStore:
                 self._write_depth -= 1
 
     @contextmanager
+    def if_no_writer(self) -> Iterator[bool]:
+        """For a reader that keeps a file derived from the records: True when this thread now
+        holds the store as a writer does (its mutex, then its writer lock), so that no commit
+        happens in the block; False at once when another thread or process holds either (the
+        caller then skips keeping its file). It never waits: a reader that waited for the
+        mutex while holding the writer lock would deadlock a writer that holds the mutex and
+        waits for the lock."""
+        if not self._mutex.acquire(blocking=False):
+            yield False
+            return
+        try:
+            with self._lock.if_free() as free:
+                yield free
+        finally:
+            self._mutex.release()
+
+    @contextmanager
     def bulk(self, build: Builder | None = None) -> Iterator[None]:
         """Hold the writer lock for many writes in a row and bring the FAISS base up to date
         once, when the block ends (build-index fills its index this way): the in-memory index

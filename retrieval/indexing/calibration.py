@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -304,13 +305,11 @@ def load(root: Path, stores: Sequence[IndexStore]) -> OpenSet:
     if state is not None and state.generations == _generations(stores):
         return state
     state = _fit(stores)
-    lock = writer_lock(root)
-    if lock.acquire(timeout=0):
-        try:
-            if state.generations == _generations(stores):
-                _write(root, state)
-        finally:
-            lock.release()
+    with ExitStack() as held:  # the stores, then the root: as every writer takes them
+        free = all(held.enter_context(s.if_no_writer()) for s in stores)
+        free = free and held.enter_context(writer_lock(root).if_free())
+        if free and state.generations == _generations(stores):
+            _write(root, state)
     return state
 
 

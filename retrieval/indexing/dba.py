@@ -32,7 +32,7 @@ import logging
 
 import numpy as np
 
-from index import IndexStore, atomic_write_bytes, writer_lock
+from index import IndexStore, atomic_write_bytes
 from retrieval.engine.rerank import BLOCK, Lists, M
 
 log = logging.getLogger(__name__)
@@ -114,13 +114,9 @@ def load(store: IndexStore) -> tuple[int, Lists]:
     if kept is not None and kept[0] == generation and len(kept[1]) == len(store):
         return kept
     lists = build(store)
-    lock = writer_lock(store.path)
-    if lock.acquire(timeout=0):
-        try:
-            if store.generation == generation:
-                _write(store, generation, lists)
-        finally:
-            lock.release()
+    with store.if_no_writer() as free:
+        if free and store.generation == generation:
+            _write(store, generation, lists)
     return generation, lists
 
 

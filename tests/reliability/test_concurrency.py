@@ -9,20 +9,26 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from index import IndexStore
+from retrieval.indexing import calibration, dba
 from retrieval.indexing.build import build_index
 
 from ..helpers import (
     ANSWER_JSON_KEYS,
     COMMAND_ENV,
+    DIM,
+    MODEL,
+    add_items,
     palette,
     record,
     retrieve_exe,
+    unit_rows,
     write_gallery,
     write_image,
 )
@@ -201,3 +207,49 @@ def test_readers_never_fail_while_build_index_swaps_the_folder(tmp_path: Path):
         index_sizes_seen=sorted(sizes),
         read_errors=len(failures),
     )
+
+
+def _keep_dba_lists(store: IndexStore) -> None:
+    dba.load(store)
+
+
+def _keep_calibration(store: IndexStore) -> None:
+    calibration.load(store.path, [store])
+
+
+@pytest.mark.parametrize(
+    ("module", "keep"), [(dba, _keep_dba_lists), (calibration, _keep_calibration)]
+)
+def test_a_query_keeping_a_derived_file_never_blocks_a_writer_until_it_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module, keep
+):
+    """A query that makes the DBA lists or the open-set state keeps them in a file only while
+    no writer holds the store, and holds it as writers do (its mutex, then its writer lock).
+    Taken the other way round (the lock alone, then the store read under it), an enrolment
+    arriving meanwhile held the mutex and waited for the lock while the query waited for the
+    mutex, until the enrolment gave up (a served enrolment hung past its client's timeout)."""
+    store = IndexStore.create(tmp_path / "idx", DIM, MODEL, lock_timeout=3)
+    add_items(store, unit_rows(40, seed=3), ["a", "b"] * 20)
+    failures: list[BaseException] = []
+
+    def enrol() -> None:
+        try:
+            add_items(store, unit_rows(2, seed=5), ["c", "c"], start=40)
+        except BaseException as exc:
+            failures.append(exc)
+
+    writer = threading.Thread(target=enrol)
+    write_file = module._write
+
+    def write_while_a_writer_arrives(*args) -> None:
+        writer.start()
+        time.sleep(0.5)  # the writer takes what it can of the store and waits for the rest
+        assert len(store) == 40  # the query still reads the store it keeps the file of
+        write_file(*args)
+
+    monkeypatch.setattr(module, "_write", write_while_a_writer_arrives)
+    keep(store)
+    writer.join(timeout=60)
+    assert not writer.is_alive() and not failures, failures
+    assert len(store) == 42
+    store.close()
