@@ -58,6 +58,7 @@ TRAINED_ROWS = {
     "ours-lr3e-4": replace(BEFORE, lr_trunk=3e-4),
     "ours-p16": replace(OURS, p=16),
     "ours-5ep": replace(OURS, epochs=5),
+    "ours-crop0.25": replace(OURS, crop_scale=0.25),
     "ours-5ep-crop0.25": replace(OURS, epochs=5, crop_scale=0.25),
     "ours-lite1": replace(OURS, backbone="efficientnet_lite1"),
     "ours-lite2": replace(OURS, backbone="efficientnet_lite2"),
