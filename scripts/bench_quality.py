@@ -60,7 +60,6 @@ TRAINED_ROWS = {
     "ours-5ep": replace(OURS, epochs=5),
     "ours-crop0.25": replace(OURS, crop_scale=0.25),
     "ours-5ep-crop0.25": replace(OURS, epochs=5, crop_scale=0.25),
-    "ours-lite1": replace(OURS, backbone="efficientnet_lite1"),
     "ours-lite2": replace(OURS, backbone="efficientnet_lite2"),
     "ours-lite2-5ep": replace(OURS, backbone="efficientnet_lite2", epochs=5),
 }

