@@ -221,7 +221,7 @@ class Retriever:
         label is right (for an unknown answer: that the best label would be wrong). A gallery
         item with the same file content as the query is left out of its neighbours (a photo
         does not vote for itself). The neighbours shown are re-ranked by ``rerank`` ("none",
-        "dba", "qe" or "dba+qe"; None: the index's setting, see ``set_rerank``) over the
+        "dba", "qe", "dba+qe" or "kr"; None: the index's setting, see ``set_rerank``) over the
         index's shortlist (engine/rerank.py); the label, its confidence and the unknown rule
         come from the neighbours as found, before re-ranking. Every path is checked before the
         first image is answered."""
@@ -328,9 +328,9 @@ class Retriever:
             if rerank is not None:
                 raise InputError(
                     f"--rerank {method}: DBA is kept for indexes of at most {dba.AT_MOST:,} "
-                    "items and this one holds more; use --rerank qe or none"
+                    "items and this one holds more; use --rerank kr, qe or none"
                 )
-            return "qe" if method == "dba+qe" else "none"
+            return "kr" if method == "dba+qe" else "none"
         return method
 
     def _small(self, opened: _Opened) -> bool:

@@ -58,7 +58,7 @@ class ModelSpec:
 INDEX_ENV = "RETRIEVE_INDEX"
 
 # How a query re-ranks its neighbours (retrieval/engine/rerank.py); an index keeps its own.
-RERANK_METHODS = ("none", "dba", "qe", "dba+qe")
+RERANK_METHODS = ("none", "dba", "qe", "dba+qe", "kr")
 DEFAULT_RERANK = "dba+qe"
 
 

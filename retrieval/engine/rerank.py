@@ -1,11 +1,18 @@
-"""Training-free re-ranking of a query's shortlist, in numpy: database-side augmentation (DBA)
-and alpha-weighted query expansion (alpha-QE).
+"""Training-free re-ranking of a query's shortlist, in numpy: database-side augmentation (DBA),
+alpha-weighted query expansion (alpha-QE) and k-reciprocal re-ranking (kr).
 
 DBA: each gallery item is ranked by normalise(x + sum_i max(s_i, 0)^ALPHA x_i) over its ``M``
 nearest other gallery items (label-blind: the labels never enter a score), computed from the raw
 vectors, which stay the truth. alpha-QE: the query is replaced by normalise(q + sum_i
 max(s_i, 0)^ALPHA y_i) over the ``QE_N`` best of its shortlist and the shortlist scored again.
-Both act on the shortlist the index returns (``shortlist(k)`` items), never on the whole gallery.
+kr (Zhong et al. 2017, "Re-ranking person re-identification with k-reciprocal encoding"): over
+the graph of the query and its shortlist alone (never the other queries, never the whole gallery),
+each node is described by its k-reciprocal neighbours (expanded by theirs), weighted by
+exp(-distance) and averaged over its ``KR_K2`` nearest; an item is ranked by the Jaccard distance
+of its description to the query's, mixed with the original distance (``KR_LAMBDA``). The paper's
+settings (k1 20, k2 6, lambda 0.3), not tuned here. Time and memory O(K^2 d) per query for a
+shortlist of K items, whatever the gallery's size.
+All act on the shortlist the index returns (``shortlist(k)`` items), never on the whole gallery.
 
 The neighbour lists (``Lists``) keep one spare neighbour, so that an item can be left out of
 every list exactly (``Lists.rows(ids, without=...)``): a query whose own photo is in the gallery
@@ -26,6 +33,9 @@ M = 3  # DBA neighbours of an item
 QE_N = 3  # shortlist items the query is expanded with
 ALPHA = 3.0  # weight of a neighbour: its cosine score (clipped at 0) to this power
 SHORTLIST = 200  # items the index returns for re-ranking (at least k)
+KR_K1 = 20  # k-reciprocal neighbours of a node
+KR_K2 = 6  # nodes a node's description is averaged over (local query expansion)
+KR_LAMBDA = 0.3  # weight of the original distance against the Jaccard distance
 BLOCK = 1024
 
 
@@ -153,6 +163,35 @@ def expand(q: np.ndarray, y: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return normalise(q + _weights(scores[best]) @ y[best])
 
 
+def _reciprocal(rank: np.ndarray, k: int) -> np.ndarray:
+    """(m, m) bool: j is among i's k nearest and i among j's (each node its own neighbour)."""
+    top = np.zeros(rank.shape, bool)
+    np.put_along_axis(top, rank[:, : k + 1], True, axis=1)
+    mutual = top & top.T
+    np.fill_diagonal(mutual, True)
+    return mutual
+
+
+def k_reciprocal(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """kr scores (K,) of a shortlist ``x`` (K, d) for query ``q`` (d,): 1 minus the mix of
+    Jaccard and original distance, higher is nearer; the graph is the query and ``x`` alone."""
+    nodes = np.vstack([q[None, :], x]).astype(np.float32)
+    dist = np.maximum(2.0 - 2.0 * (nodes @ nodes.T), 0.0)
+    dist /= np.maximum(dist.max(axis=1, keepdims=True), 1e-12)
+    rank = np.argsort(dist, axis=1, kind="stable")
+    near = _reciprocal(rank, KR_K1).astype(np.float32)
+    half = _reciprocal(rank, round(KR_K1 / 2)).astype(np.float32)
+    # j's own half-size set joins i's when j is i's and shares more than 2/3 of it with i's.
+    joins = (near > 0) & ((near @ half.T) > (2 / 3) * half.sum(axis=1)[None, :])
+    members = (near > 0) | ((joins.astype(np.float32) @ half) > 0)
+    weights = np.where(members, np.exp(-dist), 0.0).astype(np.float32)
+    weights /= weights.sum(axis=1, keepdims=True)
+    weights = weights[rank[:, :KR_K2]].mean(axis=1)
+    shared = np.minimum(weights[0][None, :], weights[1:]).sum(axis=1)
+    jaccard = 1.0 - shared / np.maximum(2.0 - shared, 1e-12)
+    return (1.0 - ((1.0 - KR_LAMBDA) * jaccard + KR_LAMBDA * dist[0, 1:])).astype(np.float32)
+
+
 def rescore(
     method: str,
     q: np.ndarray,
@@ -162,7 +201,9 @@ def rescore(
 ) -> np.ndarray:
     """The re-ranked scores (K,) of a shortlist of raw vectors ``x`` (K, d) for query ``q``
     (d,): cosine to each item's DBA vector (``dba``; its neighbours ``nbr_x``, ``nbr_sim``), to
-    the expanded query (``qe``), or both."""
+    the expanded query (``qe``), or both; or the k-reciprocal score (``kr``)."""
+    if method == "kr":
+        return k_reciprocal(q, x)
     y = augment(x, nbr_x, nbr_sim) if uses_lists(method) else x  # type: ignore[arg-type]
     scores = y @ q
     if method.endswith("qe"):

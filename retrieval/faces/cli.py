@@ -304,8 +304,8 @@ def build_index_cmd(
     type=click.Choice(RERANK_METHODS),
     default=None,
     help="How the neighbours shown are re-ranked (the label is decided before): dba "
-    "(database-side augmentation), qe (query expansion), both, or none. Default: the index's "
-    "setting ('retrieve calibrate --rerank').",
+    "(database-side augmentation), qe (query expansion), both, kr (k-reciprocal), or none. "
+    "Default: the index's setting ('retrieve calibrate --rerank').",
 )
 @click.option("--model", default=None, help="Check that the index was built with this model.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")

@@ -173,7 +173,7 @@ class AnswerOut(BaseModel):
     )
     unknown_because: str | None = Field(description="Why the answer is unknown, in one line")
     rerank: str = Field(
-        description="How the neighbours were re-ranked (none, dba, qe, dba+qe): the index's "
+        description="How the neighbours were re-ranked (none, dba, qe, dba+qe, kr): the index's "
         "setting; the label is decided before"
     )
     neighbors: list[NeighborOut] = Field(description="Best first, by their re-ranked scores")

@@ -43,7 +43,7 @@ AT_MOST = 50_000
 """Lists are kept for galleries of at most this many items (those "auto" keeps flat, exact).
 Past it, making them would run one search per item (about 1.4 hours at a million, against a
 build-index target of 10 minutes) and every write would rewrite a file of 56 bytes per item: a
-bigger index re-ranks by query expansion alone (README, "Re-ranking")."""
+bigger index re-ranks by k-reciprocal neighbours, which need no lists (README, "Re-ranking")."""
 
 
 def applies(store: IndexStore) -> bool:

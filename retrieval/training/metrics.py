@@ -11,7 +11,7 @@ import numpy as np
 
 from retrieval.engine import openset
 from retrieval.engine.classify import Neighbor, nearest_prototype, vote
-from retrieval.engine.rerank import Lists, rerank, shortlist
+from retrieval.engine.rerank import Lists, rerank, shortlist, uses_lists
 
 BLOCK = 1024
 
@@ -50,7 +50,7 @@ def reranked_leave_one_out(x: np.ndarray, k: int, method: str) -> np.ndarray:
     if method == "none":
         return neighbors_leave_one_out(x, k)
     cand = neighbors_leave_one_out(x, shortlist(k, method))
-    lists = Lists.of(x)
+    lists = Lists.of(x) if uses_lists(method) else None
     out = np.empty((len(x), min(k, cand.shape[1])), np.int64)
     for i, row in enumerate(cand):
         scores = rerank(method, x[i], row, x.__getitem__, lists, without=i)
