@@ -5,17 +5,23 @@ of the network for every gallery image and every query. This measures, on the 25
 of bench_quality's protocol (leave-one-out; each photo queried against all the others), where the
 gain comes from: averaging on both sides (what build-index and query do), on the query side only
 (the gallery embedded once), on the gallery side only, and the mirror taken inside the network
-(the trunk run once up to stage k, the rest run on its output and on that output mirrored). The
+(the trunk run once up to stage k, the rest run on its output and on that output mirrored), and
+the mirror image embedded at a smaller size (its pass costs about (size/crop)² of a full one). The
 cost column is the forward pass's images/s over the single pass's, the two timed in turn on
 each batch of the same run.
 
     python scripts/bench_flip.py --model runs/bench_quality/ours
     python scripts/bench_flip.py --model runs/bench_quality/ours --stages 9,12,15,16
+    python scripts/bench_flip.py --model runs/bench_recipe_cv/ours-s1 --species validation --stages '' --sizes 160
+
+``--species validation`` measures on the species the model held out to validate its epochs
+(its --val-classes drawn by its --seed from the 25 training species), never on the unseen 25.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +40,7 @@ from retrieval.training.metrics import (
     neighbors_leave_one_out,
     recall_at_k,
 )
+from retrieval.training.train import split_classes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import DEFAULT_DATA, DRAWS, SHOTS, machine_and_command, split  # noqa: E402
@@ -80,6 +87,17 @@ def mirrored(net: EmbeddingNet) -> Forward:
     return lambda x: F.normalize(net(x) + net(x.flip(3)), dim=1)
 
 
+def mirrored_small(net: EmbeddingNet, size: int) -> Forward:
+    """The image, and its mirror image resized to ``size`` px, each through the whole network,
+    averaged (a bilinear resize of the normalised tensor is the normalised resized image)."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        small = F.interpolate(x.flip(3), size=(size, size), mode="bilinear", antialias=True)
+        return F.normalize(net(x) + net(small), dim=1)
+
+    return forward
+
+
 def leave_one_out(
     gallery: np.ndarray, queries: np.ndarray, labels: np.ndarray
 ) -> tuple[float, float]:
@@ -100,6 +118,15 @@ def main() -> None:
     ap.add_argument(
         "--stages", default="5,9,12,15,16", help="stages to mirror inside the network at"
     )
+    ap.add_argument(
+        "--sizes", default="", help="sizes in px to embed the mirror image at (e.g. 160,192)"
+    )
+    ap.add_argument(
+        "--species",
+        choices=("unseen", "validation"),
+        default="unseen",
+        help="the 25 unseen species, or the model's own validation species",
+    )
     args = ap.parse_args()
     if not args.data.is_dir():
         sys.exit(f"bench_flip: data folder {args.data} is absent (see ../shared/data/README.md)")
@@ -114,7 +141,18 @@ def main() -> None:
         sys.exit(
             f"bench_flip: --stages takes stage numbers from 1 to {n_stages - 1}, not {args.stages!r}"
         )
-    _, test = split(args.data)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    if not all(s.isdigit() and 32 <= int(s) <= net.preprocess.crop for s in sizes):
+        sys.exit(
+            f"bench_flip: --sizes takes sizes from 32 to {net.preprocess.crop} px, not {args.sizes!r}"
+        )
+    train_recs, test = split(args.data)
+    if args.species == "validation":
+        config = Path(args.model) / "config.json"
+        train_cfg = json.loads(config.read_text())["train"] if config.is_file() else {}
+        if not train_cfg.get("val_classes"):
+            sys.exit(f"bench_flip: --model {args.model} held out no validation species")
+        _, test = split_classes(train_recs, train_cfg["val_classes"], train_cfg["seed"])
     net.spec = replace(net.spec, flip=False)
     batches: list[np.ndarray] = []
 
@@ -137,10 +175,13 @@ def main() -> None:
     for stage in map(int, stages):
         inside, speed = run(mirrored_at(net, stage), net, batches)
         variants.append((f"mirror at stage {stage} of {n_stages}", inside, inside, speed))
+    for size in map(int, sizes):
+        small, speed = run(mirrored_small(net, size), net, batches)
+        variants.append((f"mirror at {size} px", small, small, speed))
 
     print(machine_and_command(__file__))
     print(
-        f"model: {args.model}; measured on {len(set(labels.tolist()))} unseen species ({len(labels)} images)"
+        f"model: {args.model}; measured on {len(set(labels.tolist()))} {args.species} species ({len(labels)} images)"
     )
     print(
         "| variant | R@1 | MAP@R | "
