@@ -27,7 +27,7 @@ from pathlib import Path
 from bench_quality import DEFAULT_DATA, ROOT, TRAINED_ROWS, machine_and_command, split
 
 from retrieval.config import TrainConfig
-from retrieval.training.train import split_classes, train
+from retrieval.training.train import epoch_key, split_classes, train
 
 VAL_CLASSES = 5
 
@@ -50,8 +50,8 @@ def history(out: Path, cfg: TrainConfig, train_recs: list) -> list[dict]:
 
 
 def kept(hist: list[dict]) -> dict:
-    """The epoch ``retrieve train`` keeps: best validation Recall@1, then MAP@R, earliest first."""
-    return max(hist, key=lambda e: (e["recall_at_1"], e["map_at_r"]))
+    """The epoch ``retrieve train`` kept (its own rule, the first of the best)."""
+    return max((e for e in hist if not e.get("whitened")), key=epoch_key)
 
 
 def mean_se(xs: list[float]) -> tuple[float, float]:

@@ -55,6 +55,12 @@ def held_out_classes(requested: int | None, n_classes: int) -> int:
     return n if n >= 2 else 0
 
 
+def epoch_key(row: dict[str, Any]) -> tuple[float, float]:
+    """How two epochs' history rows compare for keeping one: validation Recall@1, then MAP@R
+    (without validation, the later epoch); the earlier of equal epochs is kept."""
+    return (row.get("recall_at_1", row["epoch"]), row.get("map_at_r", 0.0))
+
+
 def split_classes(
     records: Sequence[Record], val_classes: int, seed: int
 ) -> tuple[list[Record], list[Record]]:
@@ -304,8 +310,7 @@ def train(
         row: dict[str, Any] = {"epoch": epoch, "loss": loss_value, "seconds": round(seconds, 1)}
         row.update(measure(descriptor))
         history.append(row)
-        key = (row.get("recall_at_1", epoch), row.get("map_at_r", 0.0))
-        if not best or key > (best.get("recall_at_1", best["epoch"]), best.get("map_at_r", 0.0)):
+        if not best or epoch_key(row) > epoch_key(best):
             best.clear()
             best.update(row)
             best_state.clear()
