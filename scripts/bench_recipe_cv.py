@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -55,11 +56,9 @@ def kept(hist: list[dict]) -> dict:
 
 
 def mean_se(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, float("nan")
-    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-    return m, math.sqrt(var / len(xs))
+    """The mean of ``xs`` and its standard error (nan for one value)."""
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
+    return statistics.fmean(xs), se
 
 
 def main() -> None:
@@ -79,6 +78,8 @@ def main() -> None:
     for name in rows:
         if name not in TRAINED_ROWS:
             sys.exit(f"bench_recipe_cv: unknown row {name!r}; rows: {', '.join(TRAINED_ROWS)}")
+    if not all(s.strip().isdigit() for s in args.seeds.split(",")):
+        sys.exit(f"bench_recipe_cv: --seeds takes seeds like 0,1,2, not {args.seeds!r}")
     seeds = [int(s) for s in args.seeds.split(",")]
     train_recs, _ = split(args.data)
 
