@@ -195,3 +195,13 @@ def test_crop_scale_bounds_how_much_of_the_image_a_crop_keeps():
     assert one_coloured(0.05) >= 5
     with pytest.raises(ValueError, match="crop_scale"):
         TrainConfig(crop_scale=0)
+
+
+def test_proxy_anchor_trains_the_descriptor_with_its_proxies(data: Path, tmp_path: Path):
+    """The proxy-anchor loss on the default head (none: the pooled descriptor is trained), its
+    proxies learning at the head's rate: the loss falls and the model is written."""
+    cfg = tiny_cfg(epochs=4, loss="proxy-anchor", miner="none", dim=None, head="whiten")
+    report = train(data, tmp_path / "m", cfg, num_workers=0)
+    losses = [h["loss"] for h in report.history if h["loss"] is not None]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert load_model(str(tmp_path / "m")).net.dim == load_model("tiny").net.dim
