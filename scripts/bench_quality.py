@@ -62,6 +62,10 @@ TRAINED_ROWS = {
     "ours-5ep-crop0.25": replace(OURS, epochs=5, crop_scale=0.25),
     "ours-lite2": replace(OURS, backbone="efficientnet_lite2"),
     "ours-lite2-5ep": replace(OURS, backbone="efficientnet_lite2", epochs=5),
+    "ours-192": replace(OURS, image_size=192),
+    "ours-176": replace(OURS, image_size=176),
+    "ours-256": replace(OURS, image_size=256),
+    "ours-proxy-anchor": replace(OURS, loss="proxy-anchor", miner="none", lr_head=1e-2),
 }
 # Rows that measure another row's trained model (WORK/ROW) with its mirror-image averaging off.
 NO_FLIP_ROWS = {"ours-noflip": "ours", "ours-before-noflip": "ours-before"}
