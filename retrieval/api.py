@@ -586,6 +586,7 @@ class Retriever:
             flip=bool(opened.entry.spec and opened.entry.spec.get("flip")),
             precision=opened.entry.precision,
             rerank=self._rerank_method(opened, None),
+            input_size=opened.entry.preprocess.crop,
         )
 
     def labels(self) -> dict[str, int]:

@@ -88,6 +88,7 @@ class Info:
     flip: bool = False
     precision: str = "float32"
     rerank: str = "none"
+    input_size: int = 224
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -102,6 +103,7 @@ class Info:
             "flip": self.flip,
             "precision": self.precision,
             "rerank": self.rerank,
+            "input_size": self.input_size,
         }
         if self.shards > 1:
             out["shards"] = self.shards

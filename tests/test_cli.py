@@ -37,13 +37,14 @@ def test_build_then_info(built: Path):
         "flip": False,
         "precision": "float32",
         "rerank": "dba+qe",
+        "input_size": 64,
     }
     open_set = out["open_set"]
     assert open_set["method"] == "relative-mahalanobis" and open_set["known_accept"] == 0.95
     assert open_set["calibrated_on"] == {"items": 12, "labels": 3}
     assert isinstance(open_set["threshold"], float)
     text = run("info", "--index", built).output
-    assert "12 in 3 labels" in text and "tiny" in text
+    assert "12 in 3 labels" in text and "tiny" in text and "64 px input" in text
     assert f"below decision score {open_set['threshold']:.3f}" in text
 
 

@@ -47,6 +47,7 @@ def test_train_then_index_with_the_model(gallery: Path, tmp_path: Path):
     info = json.loads(run("info", "--index", index, "--json").output)
     assert info["dim"] == 8 and info["model"] == "model" and info["count"] == 16
     assert info["flip"] is True  # the default: each image averaged with its mirror image
+    assert info["input_size"] == 32  # --image-size: what the network sees, its cost and detail
     q = write_image(tmp_path / "q.png", COLORS["red"], seed=3)
     obj = json.loads(run("query", q, "--index", index, "--json").output)
     assert len(obj["neighbors"]) == 5

@@ -437,7 +437,9 @@ def info_cmd(index_dir: Path, as_json: bool) -> None:
         return
     click.echo(f"index     {i.index}")
     flip = "; each image averaged with its mirror image (2 passes)" if i.flip else ""
-    click.echo(f"model     {i.model} (fingerprint {i.fingerprint}), {i.dim}-d{flip}")
+    click.echo(
+        f"model     {i.model} (fingerprint {i.fingerprint}), {i.dim}-d, {i.input_size} px input{flip}"
+    )
     click.echo(f"precision {i.precision}")
     click.echo(f"format    {i.format_version}")
     layout = ", ".join(f"{k} {v}" for k, v in i.layout.items() if k != "type")
