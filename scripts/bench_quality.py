@@ -66,6 +66,7 @@ TRAINED_ROWS = {
     "ours-176": replace(OURS, image_size=176),
     "ours-256": replace(OURS, image_size=256),
     "ours-proxy-anchor": replace(OURS, loss="proxy-anchor", miner="none", lr_head=1e-2),
+    "ours-wd0.05": replace(OURS, weight_decay=0.05),
 }
 # Rows that measure another row's trained model (WORK/ROW) with its mirror-image averaging off.
 NO_FLIP_ROWS = {"ours-noflip": "ours", "ours-before-noflip": "ours-before"}
