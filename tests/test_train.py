@@ -199,9 +199,14 @@ def test_crop_scale_bounds_how_much_of_the_image_a_crop_keeps():
 
 def test_proxy_anchor_trains_the_descriptor_with_its_proxies(data: Path, tmp_path: Path):
     """The proxy-anchor loss on the default head (none: the pooled descriptor is trained), its
-    proxies learning at the head's rate: the loss falls and the model is written."""
+    proxies in the optimiser: the loss falls, the proxies have optimiser moments, the model loads."""
     cfg = tiny_cfg(epochs=4, loss="proxy-anchor", miner="none", dim=None, head="whiten")
     report = train(data, tmp_path / "m", cfg, num_workers=0)
     losses = [h["loss"] for h in report.history if h["loss"] is not None]
     assert len(losses) == 4 and losses[-1] < losses[0]
-    assert load_model(str(tmp_path / "m")).net.dim == load_model("tiny").net.dim
+    state = torch.load(tmp_path / "m" / "last.pt", weights_only=True)
+    proxies = state["loss"]["proxies"]
+    assert proxies.shape == (len(COLORS) - cfg.val_classes, load_model("tiny").net.dim)
+    moments = [s["exp_avg"] for s in state["optimizer"]["state"].values()]
+    assert any(m.shape == proxies.shape and bool(m.abs().sum() > 0) for m in moments)
+    assert load_model(str(tmp_path / "m")).net.dim == proxies.shape[1]
