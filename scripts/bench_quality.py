@@ -166,6 +166,7 @@ def run_row(
     epochs: int | None,
     reranks: list[str],
     reuse: bool,
+    seed: int | None = None,
 ) -> dict[str, dict]:
     t0 = time.perf_counter()
     if name in FROZEN_ROWS:
@@ -192,6 +193,8 @@ def run_row(
         cfg = TRAINED_ROWS[name]
         if epochs:
             cfg = replace(cfg, epochs=epochs)
+        if seed is not None:
+            cfg = replace(cfg, seed=seed)
         report = train(train_recs, out, cfg)
         print(
             f"  {name}: best epoch {report.best_epoch} of {cfg.epochs}; history {json.dumps(report.history)}",
@@ -209,6 +212,12 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--rows", default=",".join(ALL_ROWS))
     ap.add_argument("--epochs", type=int, default=None, help="override every trained row's epochs")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="train every trained row with this seed (its validation classes and batch order)",
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     ap.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
@@ -247,7 +256,9 @@ def main() -> None:
             import shutil
 
             shutil.rmtree(work / name)
-        rows = run_row(name, train_recs, measured, work, args.epochs, reranks, args.reuse)
+        rows = run_row(
+            name, train_recs, measured, work, args.epochs, reranks, args.reuse, args.seed
+        )
         for method, row in rows.items():
             key = name if reranks == ["none"] else f"{name} rerank {method}"
             results[key] = row
