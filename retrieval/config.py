@@ -101,7 +101,9 @@ class TrainConfig:
     image_size: int = 224
     augment: bool = True
     crop_scale: float = 0.5  # the smallest share of an image's area a training crop keeps
-    val_classes: int | None = None  # None: held_out_classes' default (train.py)
+    val_classes: int = (
+        0  # classes held out to choose the epoch; none: all trained on, the last kept
+    )
     cache_views: int = 2
     seed: int = 0
 
@@ -117,7 +119,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale must be in (0, 1], not {self.crop_scale}")
-        if self.val_classes is not None and self.val_classes < 0:
+        if self.val_classes < 0:
             raise ValueError("val_classes must be 0 or more")
 
     def model_spec(self) -> ModelSpec:

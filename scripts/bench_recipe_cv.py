@@ -11,12 +11,13 @@ the seeds.
 
     python scripts/bench_recipe_cv.py                                    # ours vs ours-5ep-crop0.25
     python scripts/bench_recipe_cv.py --rows ours,ours-5ep --seeds 0,1,2 --work /tmp/cv
-    python scripts/bench_recipe_cv.py --rows ours,ours-5ep --nested
+    python scripts/bench_recipe_cv.py --rows ours-val5,ours --nested
 
 With ``--nested`` a row keeps its own validation classes, drawn (by the same seed) from the
 draw's 20 training species, or none for a row without them, and its kept model is measured after
 training on the draw's 5 validation species, which it never saw: so a recipe that trains on more
-species, or holds none out to choose its epoch, is compared fairly, on species none looked at.
+species (``ours``, the default: every species, the last epoch) is compared with one that holds
+some out to choose its epoch (``ours-val5``), on species neither looked at.
 
 A model already in WORK/ROW-sSEED (WORK/ROW-nested-sSEED) trained with the same settings is read,
 not trained again.

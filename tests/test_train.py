@@ -16,7 +16,6 @@ from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import InputError
 from retrieval.nets.model import load_model
 from retrieval.training.train import (
-    held_out_classes,
     pca_whitening,
     split_classes,
     train,
@@ -147,21 +146,24 @@ def test_split_classes_is_seeded_and_disjoint(data: Path):
         split_classes(records, 5, seed=1)
 
 
-@pytest.mark.parametrize(
-    ("requested", "n_classes", "held"),
-    [
-        (None, 200, 10),
-        (None, 50, 10),
-        (None, 49, 9),
-        (None, 12, 2),
-        (None, 10, 2),
-        (None, 9, 0),
-        (3, 12, 3),
-        (0, 50, 0),
-    ],
-)
-def test_held_out_classes(requested: int | None, n_classes: int, held: int):
-    assert held_out_classes(requested, n_classes) == held
+def test_by_default_every_class_is_trained_on_and_the_last_epoch_kept(data: Path, tmp_path: Path):
+    """No validation classes by default: the proxy loss has one proxy per class of the data, no
+    epoch is measured, and the model is the last epoch's."""
+    cfg = tiny_cfg(
+        val_classes=TrainConfig.val_classes,
+        loss="proxy-anchor",
+        miner="none",
+        dim=None,
+        head="whiten",
+    )
+    report = train(data, tmp_path / "m", cfg, num_workers=0)
+    state = torch.load(tmp_path / "m" / "last.pt", weights_only=True)
+    assert state["loss"]["proxies"].shape[0] == len(COLORS)
+    assert not any("recall_at_1" in h for h in report.history)
+    assert report.best_epoch == cfg.epochs
+    assert (
+        torch.load(tmp_path / "m" / "model.pt", weights_only=True)["extra"]["epoch"] == cfg.epochs
+    )
 
 
 def test_pca_whitening_decorrelates():

@@ -1,5 +1,5 @@
 """Metric-learning training loop: P×K batches, mining, freezing, cached frozen trunk, warm-up + cosine,
-validation by Recall@1 on held-out classes, best checkpoint, resume."""
+optional validation by Recall@1 on held-out classes (best checkpoint), resume."""
 
 from __future__ import annotations
 
@@ -43,16 +43,6 @@ class TrainReport:
     best: dict[str, float]
     history: list[dict[str, Any]]
     seconds: float
-
-
-def held_out_classes(requested: int | None, n_classes: int) -> int:
-    """How many classes to hold out for validation: ``requested`` (--val-classes), or by default
-    10, a fifth of the classes when there are fewer than 50, and none below 10 classes (Recall@1
-    within a single held-out class says nothing)."""
-    if requested is not None:
-        return requested
-    n = min(10, n_classes // 5)
-    return n if n >= 2 else 0
 
 
 def epoch_key(row: dict[str, Any]) -> tuple[float, float]:
@@ -206,8 +196,8 @@ def train(
     """Train an embedding network on a dataset folder (a folder per class, or a benchmark layout
     detected from its files) or on records (with their boxes) into model folder ``out``.
 
-    Writes ``out/model.pt`` (best epoch by validation Recall@1, then MAP@R; epoch 0 is the
-    untrained start), ``out/last.pt`` (resume state), ``out/history.json`` and ``out/config.json``.
+    Writes ``out/model.pt`` (with ``cfg.val_classes``, the best epoch by validation Recall@1, then
+    MAP@R, epoch 0 the untrained start competing too; without, the last epoch), ``out/last.pt`` (resume state), ``out/history.json`` and ``out/config.json``.
     """
     start_time = time.perf_counter()
     cfg = cfg or TrainConfig()
@@ -224,8 +214,6 @@ def train(
     records = (
         list(data) if not isinstance(data, (str, Path)) else DatasetOptions().scan(data).records
     )
-    n_classes = len({r.label for r in records})
-    cfg = replace(cfg, val_classes=held_out_classes(cfg.val_classes, n_classes))
     train_recs, val_recs = split_classes(records, cfg.val_classes, cfg.seed)
     class_ids = {lab: i for i, lab in enumerate(sorted({r.label for r in train_recs}))}
     train_labels = [class_ids[r.label] for r in train_recs]
