@@ -101,9 +101,8 @@ class TrainConfig:
     image_size: int = 224
     augment: bool = True
     crop_scale: float = 0.5  # the smallest share of an image's area a training crop keeps
-    val_classes: int = (
-        0  # classes held out to choose the epoch; none: all trained on, the last kept
-    )
+    # Classes held out to choose the epoch; none: every class trained on, the last epoch kept.
+    val_classes: int = 0
     cache_views: int = 2
     seed: int = 0
 
