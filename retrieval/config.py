@@ -116,6 +116,8 @@ class TrainConfig:
         for name in ("epochs", "p", "k", "image_size", "cache_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.seed < 0:
+            raise ValueError(f"seed must be 0 or more, not {self.seed}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale must be in (0, 1], not {self.crop_scale}")
         if self.val_classes < 0:

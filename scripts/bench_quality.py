@@ -220,7 +220,8 @@ def main() -> None:
         "--seed",
         type=int,
         default=None,
-        help="train every trained row with this seed (its validation classes and batch order)",
+        help="train each row of this package's recipe (not pml-reference) with this seed (its "
+        "validation classes and batch order)",
     )
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     ap.add_argument(
@@ -244,6 +245,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     reranks = args.rerank.split(",")
+    if args.seed is not None and args.seed < 0:
+        sys.exit(f"bench_quality: --seed must be 0 or more, not {args.seed}")
     if any(m not in RERANK_METHODS for m in reranks):
         sys.exit(f"bench_quality: --rerank takes {', '.join(RERANK_METHODS)}")
     if not args.data.is_dir():

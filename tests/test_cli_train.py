@@ -70,6 +70,8 @@ def test_train_bad_settings(gallery: Path, tmp_path: Path):
     assert r.exit_code == 2 and "freeze" in r.output
     r = run("train", gallery, "--out", tmp_path / "m", "--crop-scale", "0", ok=False)
     assert r.exit_code == 2 and "--crop-scale" in r.output
+    r = run("train", gallery, "--out", tmp_path / "m", "--seed", "-1", ok=False)
+    assert r.exit_code == 2 and "'--seed': -1 is not in the range x>=0" in r.output
     assert not (tmp_path / "m").exists()
     r = run(
         "train",
@@ -97,6 +99,11 @@ def test_train_bad_settings(gallery: Path, tmp_path: Path):
         "the 3 classes left after --val-classes 0 have them: lower --batch-p or --val-classes"
     ]
     assert not out.exists()
+
+
+def test_evaluate_bad_seed(gallery: Path):
+    r = run("evaluate", gallery, "--model", "tiny", "--seed", "-2", ok=False)
+    assert r.exit_code == 2 and "'--seed': -2 is not in the range x>=0" in r.output
 
 
 def test_evaluate_json(gallery: Path):

@@ -197,6 +197,8 @@ def test_crop_scale_bounds_how_much_of_the_image_a_crop_keeps():
     assert one_coloured(0.05) >= 5
     with pytest.raises(ValueError, match="crop_scale"):
         TrainConfig(crop_scale=0)
+    with pytest.raises(ValueError, match="seed must be 0 or more, not -1"):
+        TrainConfig(seed=-1)
 
 
 def test_proxy_anchor_trains_the_descriptor_with_its_proxies(data: Path, tmp_path: Path):

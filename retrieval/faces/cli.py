@@ -624,7 +624,7 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
     show_default=True,
     help="The smallest share of an image's area a random training crop keeps.",
 )
-@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=TrainConfig.seed, show_default=True)
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run in --out (its own settings)."
 )
@@ -672,7 +672,13 @@ def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, dataset, **
     help="Built-in backbone name or a model folder from 'retrieve train'.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the enrolment draws.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the enrolment draws.",
+)
 @click.option(
     "--rerank",
     type=click.Choice(RERANK_METHODS),
