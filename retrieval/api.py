@@ -211,8 +211,9 @@ class Retriever:
         """One answer per image (a path, the bytes of an image file, a PIL image or a uint8
         array; one, or a sequence of them), in order, each from its ``k`` nearest gallery
         items: by default (``vote="prototype"``) the label among theirs whose mean (prototype)
-        is nearest the image; or their vote, ``weighted`` by their cosine scores or by
-        ``majority``.
+        is nearest the image, by the shrunk within-class Mahalanobis distance of the gallery's
+        open-set statistics (engine/openset.py); or their vote, ``weighted`` by their cosine
+        scores or by ``majority``.
 
         "Unknown" (label None) when the image is not like any label of the gallery: its
         decision score (engine/openset.py) is under the threshold the index calibrated from its
@@ -282,10 +283,12 @@ class Retriever:
         p = knn_vote(
             neighbors, k=k, method="weighted" if vote == "prototype" else vote, min_score=-math.inf
         )
+        distances = state.scorer.distances(vector)
         if vote == "prototype":
-            chosen = nearest_prototype(vector[0], neighbors, state.scorer.prototype, k) or p.label
+            closeness = state.scorer.closeness(distances[0])
+            chosen = nearest_prototype(neighbors, closeness, k) or p.label
             p = Prediction(chosen, share(neighbors, chosen, k), p.neighbors)
-        score = float(state.scorer.score(vector)[0])
+        score = float(state.scorer.score(vector, distances)[0])
         right = state.calibration.confidence(score) if p.neighbors else 0.0
         threshold = state.calibration.threshold
         why = None

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from retrieval.engine.classify import Neighbor, vote
+from retrieval.engine import openset
+from retrieval.engine.classify import Neighbor, nearest_prototype, vote
+from retrieval.training.metrics import knn_accuracy
 
 
 def n(label: str, score: float) -> Neighbor:
@@ -50,3 +53,36 @@ def test_bad_arguments():
         vote([n("a", 1.0)], k=0)
     with pytest.raises(ValueError):
         vote([n("a", 1.0)], method="nope")
+
+
+def test_prototype_rule_measures_nearness_in_the_galleries_within_class_shape():
+    """Every label varies along one nuisance direction (e1: pose, say). A photo of "a" far out
+    along it lies nearer the mean of "b" by cosine, but it is a's by the gallery's own shape."""
+    dim = 32
+    e = np.eye(dim)
+    offsets = {"a": 0 * e[0], "b": 0.3 * e[1] + 0.3 * e[2], "c": 0.3 * e[3], "d": 0.3 * e[4]}
+    names, rows = [], []
+    for label, offset in offsets.items():
+        for t in (-0.6, -0.3, 0.3, 0.6):
+            rows.append(e[0] + offset + t * e[1])
+            names.append(label)
+    gallery = np.array(rows, np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    query = (e[0] + 0.55 * e[1]).astype(np.float32)
+    query /= np.linalg.norm(query)
+    sims = gallery @ query
+    neighbors = [Neighbor("", names[i], float(sims[i])) for i in np.argsort(-sims)]
+    assert {"a", "b"} <= {nb.label for nb in neighbors[:5]}
+
+    means = {lab: gallery[[i for i, x in enumerate(names) if x == lab]].mean(0) for lab in offsets}
+    by_cosine = max(means, key=lambda lab: query @ means[lab] / np.linalg.norm(means[lab]))
+    assert by_cosine == "b"  # what the rule chose before it measured in the gallery's shape
+
+    stats = openset.Stats.of(gallery, names)
+    scorer = openset.Scorer(stats, openset.Shape.of(stats))
+    closeness = scorer.closeness(scorer.distances(query[None])[0])
+    assert nearest_prototype(neighbors, closeness, k=5) == "a"
+    assert nearest_prototype(neighbors, closeness, k=1) == "a"  # the nearest photo is a's
+    assert closeness("zebra") is None
+    assert knn_accuracy(gallery, names, query[None], ["a"], k=5) == 1.0
+    assert knn_accuracy(gallery, names, query[None], ["a"], k=5, method="weighted") == 1.0

@@ -1,6 +1,7 @@
 """The label of a query from its retrieved neighbours: the k-NN vote (majority or
 similarity-weighted, with its share), and the default rule, the vote's labels decided by their
-nearest class prototype (``nearest_prototype``)."""
+nearest class prototype (``nearest_prototype``), nearness measured by the index
+(openset.Scorer.closeness)."""
 
 from __future__ import annotations
 
@@ -67,27 +68,24 @@ def vote(
     return Prediction(winner, confidence, top)
 
 
-Prototype = Callable[[str], "np.ndarray | None"]
-"""A label's prototype (the mean of its vectors), or None when it is not known."""
+Closeness = Callable[[str], "float | None"]
+"""How near one query a label's prototype (the mean of its vectors) is, higher nearer; None when
+the label is not known."""
 
 
 def nearest_prototype(
-    query: np.ndarray, neighbors: Sequence[Neighbor], prototype: Prototype, k: int = 5
+    neighbors: Sequence[Neighbor], closeness: Closeness, k: int = 5
 ) -> str | None:
-    """Of the labels of the first ``k`` neighbours, the one whose prototype is nearest the
-    query (cosine; labels without one are passed over; None without neighbours). The
-    neighbours make a shortlist, the class means decide: with few photos per label a mean is
-    a steadier witness than the photos one by one (README, "Sharper on species it never
+    """Of the labels of the first ``k`` neighbours, the one whose prototype is nearest the query
+    by ``closeness`` (labels without one are passed over; None without neighbours). The
+    neighbours make a shortlist, the class means decide: with few photos per label a mean is a
+    steadier witness than the photos one by one, and measured in the gallery's own within-class
+    shape (openset.Scorer.closeness) it is steadier still (README, "Sharper on species it never
     saw")."""
     best, best_score = None, -np.inf
-    q = np.asarray(query, np.float64).reshape(-1)
     for label in dict.fromkeys(n.label for n in sorted(neighbors, key=lambda n: -n.score)[:k]):
-        mean = prototype(label)
-        if mean is None:
-            continue
-        norm = float(np.linalg.norm(mean))
-        score = float(q @ mean) / norm if norm > 0 else -np.inf
-        if best is None or score > best_score:
+        score = closeness(label)
+        if score is not None and (best is None or score > best_score):
             best, best_score = label, score
     return best
 

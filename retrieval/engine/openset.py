@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from retrieval.engine.classify import Neighbor, nearest_prototype
+from retrieval.engine.classify import Closeness, Neighbor, nearest_prototype
 
 ALPHA = 0.9  # shrinkage toward the identity (cosine geometry)
 KNOWN_ACCEPT = 0.95  # share of known queries the threshold keeps
@@ -265,10 +265,15 @@ class Scorer:
         self._mpm = (self.means * self._pm).sum(1)
         self._code = {label: i for i, label in enumerate(self.labels)}
 
-    def prototype(self, label: str) -> np.ndarray | None:
-        """The mean of ``label``'s vectors, or None when the gallery has none."""
-        i = self._code.get(label)
-        return None if i is None else self.means[i]
+    def closeness(self, distances: np.ndarray) -> Closeness:
+        """How near one query each label's mean is, from its ``distances`` (C,) to them (a row of
+        ``distances``): minus the label's distance; None for a label the gallery lacks."""
+
+        def of(label: str) -> float | None:
+            i = self._code.get(label)
+            return None if i is None else -float(distances[i])
+
+        return of
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """(m, C): the size-corrected Mahalanobis distance of each query to each class mean."""
@@ -284,12 +289,14 @@ class Scorer:
         n = self.n if n is None else n
         return self.shape.background.quad(q - (self.mu if mu is None else mu)) / (1 + 1 / max(n, 1))
 
-    def score(self, queries: np.ndarray) -> np.ndarray:
-        """Higher: more like a class of the gallery. -inf for an empty gallery."""
+    def score(self, queries: np.ndarray, distances: np.ndarray | None = None) -> np.ndarray:
+        """Higher: more like a class of the gallery. -inf for an empty gallery. ``distances``:
+        the queries' ``distances``, when already computed."""
         q = np.asarray(queries, np.float32).reshape(-1, self.dim)
         if not len(self.labels):
             return np.full(len(q), -np.inf)
-        return -(self.distances(q).min(1) - self.background(q)) / self.dim
+        d = self.distances(q) if distances is None else distances
+        return -(d.min(1) - self.background(q)) / self.dim
 
 
 @dataclass(frozen=True)
@@ -362,30 +369,23 @@ def nearest(
 
 
 def _labels(
-    q: np.ndarray,
     scores: np.ndarray,
     rows: np.ndarray,
     labels: np.ndarray,
     scorer: Scorer,
-    own: np.ndarray,
-    own_mean: np.ndarray,
+    distances: np.ndarray,
     k: int,
 ) -> list[str | None]:
-    """The label each left-out probe gets by the default rule (classify.nearest_prototype), its
-    own class's mean taken without it."""
+    """The label each left-out probe gets by the default rule (classify.nearest_prototype), from
+    its ``distances`` to the class means with itself left out of them."""
     out = []
-    for j in range(len(q)):
+    for j in range(len(scores)):
         neighbors = [
             Neighbor("", str(labels[i]), float(s))
             for s, i in zip(scores[j], rows[j], strict=True)
             if s > -np.inf
         ]
-        mine = scorer.labels[own[j]]
-
-        def prototype(label: str, j: int = j, mine: str = mine) -> np.ndarray | None:
-            return own_mean[j] if label == mine else scorer.prototype(label)
-
-        out.append(nearest_prototype(q[j], neighbors, prototype, k))
+        out.append(nearest_prototype(neighbors, scorer.closeness(distances[j]), k))
     return out
 
 
@@ -488,7 +488,7 @@ def calibrate(
         b0 = b0 + gamma0 * (v0 * g0).sum(1) ** 2 / (1 - gamma0 * (r0 * g0).sum(1))
         k_score.append(-(dist.min(1) - b0 / (1 + 1 / (big_n - 1))) / scorer.dim)
         s, nn = known_s[part], known_nn[part]
-        k_right.append(np.array(_labels(q, s, nn, y, scorer, c, own_mean, k)) == y[rows])
+        k_right.append(np.array(_labels(s, nn, y, scorer, dist, k)) == y[rows])
     known_scores = np.concatenate(k_score) if k_score else np.zeros(0)
     known_right = np.concatenate(k_right).astype(bool) if k_right else np.zeros(0, bool)
 

@@ -295,8 +295,8 @@ def build_index_cmd(
     "method",
     type=click.Choice(["prototype", "weighted", "majority"]),
     default="prototype",
-    help="prototype: of the neighbours' labels, the one whose mean is nearest the image; "
-    "weighted / majority: the neighbours' vote.",
+    help="prototype: of the neighbours' labels, the one whose mean is nearest the image in the "
+    "gallery's within-class shape; weighted / majority: the neighbours' vote.",
     show_default=True,
 )
 @click.option(

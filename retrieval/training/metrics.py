@@ -110,21 +110,25 @@ def knn_accuracy(
     method: str = "prototype",
 ) -> float:
     """Top-1 accuracy of each query's label from its k nearest gallery items, by the rule
-    ``query`` uses (``prototype``: of their labels, the one whose gallery mean is nearest; or
-    their ``weighted`` / ``majority`` vote)."""
+    ``query`` uses (``prototype``: of their labels, the one whose gallery mean is nearest, in
+    the within-class shape of the gallery as an index measures it; or their ``weighted`` /
+    ``majority`` vote)."""
     if len(query_labels) == 0:
         return 0.0
-    names = np.asarray(gallery_labels)
-    means = {lab: gallery[names == lab].mean(0) for lab in dict.fromkeys(gallery_labels)}
+    scorer = None
+    if method == "prototype":
+        stats = openset.Stats.of(gallery, list(gallery_labels))
+        scorer = openset.Scorer(stats, openset.Shape.of(stats))
     correct = 0
     for s in range(0, len(queries), BLOCK):
         sim = queries[s : s + BLOCK] @ gallery.T
+        distances = None if scorer is None else scorer.distances(queries[s : s + BLOCK])
         kk = min(k, gallery.shape[0])
         top = np.argsort(-sim, axis=1)[:, :kk]
         for row, (qi, order) in enumerate(zip(range(s, s + len(sim)), top, strict=True)):
             neighbors = [Neighbor("", gallery_labels[j], float(sim[row, j])) for j in order]
-            if method == "prototype":
-                label = nearest_prototype(queries[qi], neighbors, means.get, kk)
+            if scorer is not None and distances is not None:
+                label = nearest_prototype(neighbors, scorer.closeness(distances[row]), kk)
             else:
                 label = vote(neighbors, k=kk, method=method).label
             correct += label == query_labels[qi]
@@ -312,18 +316,18 @@ def open_set_run(
     shape = openset.Shape.of(stats)
     calibration = openset.calibrate(openset.InMemory(g), list(y[gallery]), stats, shape, k=k)
     queries = np.r_[known, absent]
-    scores = openset.Scorer(stats, shape).score(x[queries])  # each alone: no query helps another
-    s, rows = openset.knn(x[queries], g, k, np.zeros((len(queries), len(g)), bool))
     scorer = openset.Scorer(stats, shape)
+    distances = scorer.distances(x[queries])  # each query alone: none helps another
+    scores = scorer.score(x[queries], distances)
+    s, rows = openset.knn(x[queries], g, k, np.zeros((len(queries), len(g)), bool))
     voted = np.array(
         [
             nearest_prototype(
-                x[q],
                 [Neighbor("", str(y[gallery][i]), float(v)) for v, i in zip(sr, ir, strict=True)],
-                scorer.prototype,
+                scorer.closeness(d),
                 k,
             )
-            for q, sr, ir in zip(queries, s, rows, strict=True)
+            for d, sr, ir in zip(distances, s, rows, strict=True)
         ],
         dtype=object,
     )
