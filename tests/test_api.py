@@ -116,6 +116,18 @@ def test_bad_arrays_are_one_line_errors(index: Path, image: np.ndarray, message:
         r.query([image])
 
 
+def test_an_index_emptied_by_removal_answers_that_it_is_empty(index: Path):
+    """Every label removed: the label rule and the decision score have no class to measure."""
+    photo = index.parent / "g" / "red" / "0.png"
+    with retrieval.Retriever(index) as r:
+        assert r.answer(photo).label == "red"
+        for label in COLORS:
+            r.remove(label=label)
+        answer = r.answer(photo)
+    assert answer.label is None and answer.neighbors == ()
+    assert answer.unknown_because == "the index is empty"
+
+
 def test_bad_queries_and_removals(index: Path, tmp_path: Path):
     with retrieval.Retriever(index) as r:
         with pytest.raises(InputError, match="nope.png does not exist"):
