@@ -122,13 +122,17 @@ def knn_accuracy(
     correct = 0
     for s in range(0, len(queries), BLOCK):
         sim = queries[s : s + BLOCK] @ gallery.T
-        distances = None if scorer is None else scorer.distances(queries[s : s + BLOCK])
+        nearness = (
+            None
+            if scorer is None
+            else [scorer.closeness(d) for d in scorer.distances(queries[s : s + BLOCK])]
+        )
         kk = min(k, gallery.shape[0])
         top = np.argsort(-sim, axis=1)[:, :kk]
         for row, (qi, order) in enumerate(zip(range(s, s + len(sim)), top, strict=True)):
             neighbors = [Neighbor("", gallery_labels[j], float(sim[row, j])) for j in order]
-            if scorer is not None and distances is not None:
-                label = nearest_prototype(neighbors, scorer.closeness(distances[row]), kk)
+            if nearness is not None:
+                label = nearest_prototype(neighbors, nearness[row], kk)
             else:
                 label = vote(neighbors, k=kk, method=method).label
             correct += label == query_labels[qi]
