@@ -32,7 +32,12 @@ import numpy as np
 import retrieval
 from retrieval.datasets.folders import scan_gallery
 from retrieval.engine import openset
-from retrieval.training.metrics import auroc, expected_calibration_error, open_set_split
+from retrieval.training.metrics import (
+    auroc,
+    expected_calibration_error,
+    open_set_split,
+    share_weights,
+)
 from retrieval.training.metrics import open_set_run as openset_run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -125,12 +130,16 @@ def measure(model: str, data: Path, work: Path) -> dict[str, dict[str, float]]:
     right = is_known & (voted == truth)
     conf = np.array([a.confidence for a in answers])
     decision = np.array([a.decision for a in answers])
+    assumed = share_weights(is_known, openset.ABSENT_SHARE)
     rows = {
         RULES[2]: {
             "auroc": auroc(decision[is_known], decision[~is_known]),
             "known_right": float(right[is_known].mean()),
             "absent_rejected": float((~answered[~is_known]).mean()),
             "ece": expected_calibration_error(conf[answered], right[answered]),
+            "ece_at_absent_share": expected_calibration_error(
+                conf[answered], right[answered], weights=assumed[answered]
+            ),
         }
     }
     gy = np.array([i.label for i in items], dtype=object)
@@ -149,6 +158,9 @@ def measure(model: str, data: Path, work: Path) -> dict[str, dict[str, float]]:
             "known_right": float(rr[is_known].mean()),
             "absent_rejected": float((~ans[~is_known]).mean()),
             "ece": expected_calibration_error(confidence(qs[ans]), rr[ans]),
+            "ece_at_absent_share": expected_calibration_error(
+                confidence(qs[ans]), rr[ans], weights=assumed[ans]
+            ),
         }
     for row in rows.values():
         row["closed_set_right"] = float(vote_right[is_known].mean())
@@ -197,7 +209,11 @@ def settings(model: str, data: Path, flowers: Path) -> dict[str, dict[str, float
 
     def add(name, runs):
         rows = [r.metrics() for r in runs]
-        out[name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "threshold"}
+        out[name] = {
+            k: float(np.mean([r[k] for r in rows]))
+            for k in rows[0]
+            if k != "threshold" and rows[0][k] is not None
+        }
 
     for g, n in ((5, 5), (12, 5), (18, 30)):
         runs = [
@@ -258,24 +274,30 @@ def main() -> None:
     cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
     m = machine()
     print(f"machine: {m['cpu']}, {m['cores']} cores; command: {cmd}")
-    print("| model | rule | AUROC | known right (closed set) | absent unknown | ECE |")
-    print("|---|---|---|---|---|---|")
+    share = f"ECE at {openset.ABSENT_SHARE:.0%} absent"
+    print(f"| model | rule | AUROC | known right (closed set) | absent unknown | ECE | {share} |")
+    print("|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         for rule, r in rows.items():
             if rule == "settings":
                 continue
             print(
                 f"| {name} | {rule} | {r['auroc']:.3f} | {r['known_right']:.3f} "
-                f"({r['closed_set_right']:.3f}) | {r['absent_rejected']:.3f} | {r['ece']:.3f} |"
+                f"({r['closed_set_right']:.3f}) | {r['absent_rejected']:.3f} | {r['ece']:.3f} "
+                f"| {r['ece_at_absent_share']:.3f} |"
             )
     if args.settings:
-        print("\n| model | gallery | AUROC | known right (closed set) | absent unknown | ECE |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "\n| model | gallery | AUROC | known right (closed set) | absent unknown | ECE "
+            f"| {share} |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for name, rows in results.items():
             for gallery, r in rows["settings"].items():
                 print(
                     f"| {name} | {gallery} | {r['auroc']:.3f} | {r['known_right']:.3f} "
-                    f"({r['closed_set_right']:.3f}) | {r['absent_rejected']:.3f} | {r['ece']:.3f} |"
+                    f"({r['closed_set_right']:.3f}) | {r['absent_rejected']:.3f} | {r['ece']:.3f} "
+                    f"| {r['ece_at_absent_share']:.3f} |"
                 )
     for name, rows in results.items():
         d = rows[RULES[2]]

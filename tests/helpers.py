@@ -80,6 +80,7 @@ EVALUATE_JSON_KEYS = {
     "model",
     "open_set",
     "ece",
+    "ece_at_absent_share",
     "rerank",
 }
 

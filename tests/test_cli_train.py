@@ -115,5 +115,10 @@ def test_evaluate_json(gallery: Path):
     assert m["enrollment"]["5"] is None  # 4 images per class: none left to classify
     assert all(0.0 <= v <= 1.0 for k, v in m.items() if k.startswith(("recall", "map")))
     assert m["recall_at_1"] <= m["recall_at_2"] <= m["recall_at_4"] <= m["recall_at_8"]
+    # 1 of the 3 classes in the gallery (2 of its 4 images): 2 known and 8 absent queries
+    assert m["open_set"]["queries_absent"] == 0.8 and m["open_set"]["absent_share"] == 0.2
+    assert 0.0 <= m["ece_at_absent_share"] <= 1.0
     text = run("evaluate", gallery, "--model", "tiny").output
     assert "R@1" in text and "MAP@R" in text
+    assert "(80% of these queries absent;" in text
+    assert f"{m['ece_at_absent_share']:.3f} weighted to the 20% the confidence assumes" in text

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from retrieval.training.metrics import (
+    OpenSetRun,
     auroc,
     enrollment_accuracy,
     expected_calibration_error,
@@ -16,6 +17,7 @@ from retrieval.training.metrics import (
     open_set_split,
     recall_at_k,
     retrieval_metrics,
+    share_weights,
 )
 
 
@@ -137,3 +139,35 @@ def test_auroc_and_ece_by_hand():
     conf = np.array([0.95, 0.95, 0.55, 0.55])
     right = np.array([1, 1, 1, 0], bool)
     assert np.isclose(expected_calibration_error(conf, right), 0.5 * 0.05 + 0.5 * 0.05)
+    # weighted: the right 0.55 answer counts three times, so its bin is 3/4 right, not 1/2
+    w = np.array([1.0, 1.0, 3.0, 1.0])
+    assert np.isclose(
+        expected_calibration_error(conf, right, weights=w), 2 / 6 * 0.05 + 4 / 6 * 0.2
+    )
+
+
+def test_share_weights_give_known_and_absent_their_assumed_shares():
+    known = np.array([True, True, True, False])
+    w = share_weights(known, 0.2)
+    assert np.allclose(w, [0.8 / 3, 0.8 / 3, 0.8 / 3, 0.2])
+    assert np.allclose(share_weights(np.array([True, True]), 0.2), 1.0)
+
+
+def test_ece_at_the_assumed_absent_share_discounts_an_excess_of_absent_queries():
+    """Half the queries absent where the confidence assumes a fifth: two known answers right
+    and two absent ones answered, all at 0.9. Over these queries 0.9 is right half the time
+    (ECE 0.4); weighted to a fifth absent it is right 0.8 of the time (ECE 0.1)."""
+    known = np.array([True, True, False, False])
+    run = OpenSetRun(
+        threshold=0.0,
+        scores=np.ones(4),
+        known=known,
+        answered=np.ones(4, bool),
+        right=known.copy(),
+        confidence=np.full(4, 0.9),
+        closed_right=known.copy(),
+        absent_share=0.2,
+    )
+    m = run.metrics()
+    assert m["queries_absent"] == 0.5 and m["absent_share"] == 0.2
+    assert np.isclose(m["ece"], 0.4) and np.isclose(m["ece_at_absent_share"], 0.1)

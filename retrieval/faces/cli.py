@@ -748,7 +748,14 @@ def evaluate_cmd(
         f"{name} {'n/a' if o[key] is None else f'{o[key]:.3f}'}"
         for name, key in (("known right", "known_right"), ("absent unknown", "absent_rejected"))
     )
-    click.echo(f"open world: AUROC {o['auroc']:.3f}  {rates}  ECE {m['ece']:.3f}")
+    ece = f"ECE {m['ece']:.3f}"
+    if o["queries_absent"] is not None:
+        ece += (
+            f" ({o['queries_absent']:.0%} of these queries absent; "
+            f"{m['ece_at_absent_share']:.3f} weighted to the {o['absent_share']:.0%} the "
+            "confidence assumes)"
+        )
+    click.echo(f"open world: AUROC {o['auroc']:.3f}  {rates}  {ece}")
 
 
 SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart")

@@ -294,6 +294,7 @@ def _open_set_section(ev: Evaluation) -> str:
             "–" if o["known_right"] is None else f"{o['known_right']:.3f}",
             "–" if o["absent_rejected"] is None else f"{o['absent_rejected']:.3f}",
             f"{ev.metrics['ece']:.3f}",
+            f"{ev.metrics['ece_at_absent_share']:.3f}",
         ]
     ]
     return _section(
@@ -302,9 +303,17 @@ def _open_set_section(ev: Evaluation) -> str:
         f"Half the classes in a gallery (60 % of their images) calibrated from itself, as an "
         f"index is; {int(run.known.sum())} queries of its classes (known) and "
         f"{int((~run.known).sum())} of the other classes (absent, the right answer is unknown), "
-        "one at a time.",
+        "one at a time. The confidence assumes "
+        f"{run.absent_share:.0%} of queries absent; the last column weighs the known and absent "
+        "queries to that share.",
         _table(
-            ["AUROC known vs absent", "known answered right", "absent answered unknown", "ECE"],
+            [
+                "AUROC known vs absent",
+                "known answered right",
+                "absent answered unknown",
+                "ECE",
+                f"ECE at {run.absent_share:.0%} absent",
+            ],
             rows,
         ),
         _chart(_scores_chart(run), "decision scores of known and absent queries"),

@@ -23,7 +23,14 @@ from retrieval.training.metrics import (
     retrieval_metrics,
 )
 
-OPEN_SET_KEYS = ("auroc", "known_right", "absent_rejected", "threshold")
+OPEN_SET_KEYS = (
+    "auroc",
+    "known_right",
+    "absent_rejected",
+    "threshold",
+    "absent_share",
+    "queries_absent",
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,9 @@ def evaluate(
     after enrolling ``shots`` random images per class; and the open world (``open_set``, ``ece``):
     half the classes (seeded) in a gallery with 60 % of their images, the rest of their images
     and up to 12 of each other class's queried one at a time, the gallery calibrated from itself
-    as an index is; with the embeddings they came from. Recall@K and MAP@R rank the neighbours
+    as an index is (``ece``: over these queries; ``ece_at_absent_share``: the known and absent
+    ones weighted to the share of absent queries the confidence assumes); with the embeddings
+    they came from. Recall@K and MAP@R rank the neighbours
     as ``query --rerank`` does (``rerank``); the labels (enrolment, open world) are decided
     before re-ranking, as a query decides them."""
     checked(rerank)
@@ -85,6 +94,7 @@ def evaluate(
     open_set = open_set_run(result.vectors, labels, *open_set_split(labels, paths, seed=seed), k=k)
     measured = open_set.metrics()
     metrics["ece"] = measured.pop("ece")
+    metrics["ece_at_absent_share"] = measured.pop("ece_at_absent_share")
     metrics["open_set"] = {key: measured[key] for key in OPEN_SET_KEYS}
     return Evaluation(
         metrics, result.vectors, labels, paths, scan.skipped + result.failures, open_set

@@ -229,19 +229,38 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * len(negative)))
 
 
-def expected_calibration_error(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
+def expected_calibration_error(
+    confidence: np.ndarray, right: np.ndarray, bins: int = 10, weights: np.ndarray | None = None
+) -> float:
     """Sum over ``bins`` equal-width confidence bins of (share of answers in the bin) x |mean
-    confidence - share right| (0 for no answers)."""
+    confidence - share right| (0 for no answers); with ``weights``, each answer counts by its
+    weight in the shares and the means."""
     conf = np.asarray(confidence, np.float64)
     if not len(conf):
         return 0.0
+    hit = np.asarray(right, np.float64)
+    w = np.ones(len(conf)) if weights is None else np.asarray(weights, np.float64)
     which = np.minimum((conf * bins).astype(int), bins - 1)
     err = 0.0
     for b in range(bins):
         inside = which == b
-        if inside.any():
-            err += inside.mean() * abs(conf[inside].mean() - np.asarray(right)[inside].mean())
+        if w[inside].sum() > 0:
+            gap = np.average(conf[inside], weights=w[inside]) - np.average(
+                hit[inside], weights=w[inside]
+            )
+            err += w[inside].sum() / w.sum() * abs(gap)
     return float(err)
+
+
+def share_weights(known: np.ndarray, absent_share: float) -> np.ndarray:
+    """Each query's weight when the ``known`` ones (a mask) and the absent ones (the others)
+    count (1 - absent_share) : absent_share in all, whatever their numbers (equal weights when
+    either kind is missing)."""
+    known = np.asarray(known, bool)
+    n_known, n_absent = int(known.sum()), int((~known).sum())
+    if not n_known or not n_absent:
+        return np.ones(len(known))
+    return np.where(known, (1 - absent_share) / n_known, absent_share / n_absent)
 
 
 def open_set_split(
@@ -278,7 +297,8 @@ def open_set_split(
 class OpenSetRun:
     """Known and absent queries answered one at a time against a gallery, as ``retrieve query``
     answers them by default: each query's decision score, whether it is of a known class,
-    answered (not unknown), right (answered with its label), and its confidence."""
+    answered (not unknown), right (answered with its label), and its confidence; and the share
+    of absent queries the confidence assumes (the calibration's ``absent_share``)."""
 
     threshold: float | None
     scores: np.ndarray
@@ -287,6 +307,7 @@ class OpenSetRun:
     right: np.ndarray
     confidence: np.ndarray
     closed_right: np.ndarray
+    absent_share: float
 
     def metrics(self) -> dict[str, Any]:
         known, absent = self.known, ~self.known
@@ -296,8 +317,15 @@ class OpenSetRun:
             "closed_set_right": float(self.closed_right[known].mean()) if known.any() else None,
             "absent_rejected": float((~self.answered[absent]).mean()) if absent.any() else None,
             "threshold": self.threshold,
+            "absent_share": self.absent_share,
+            "queries_absent": float(absent.mean()) if len(absent) else None,
             "ece": expected_calibration_error(
                 self.confidence[self.answered], self.right[self.answered]
+            ),
+            "ece_at_absent_share": expected_calibration_error(
+                self.confidence[self.answered],
+                self.right[self.answered],
+                weights=share_weights(self.known, self.absent_share)[self.answered],
             ),
         }
 
@@ -341,5 +369,12 @@ def open_set_run(
     answered = np.ones(len(queries), bool) if threshold is None else scores >= threshold
     confidence = np.array([calibration.confidence(v) for v in scores])
     return OpenSetRun(
-        threshold, scores, is_known, answered, closed_right & answered, confidence, closed_right
+        threshold,
+        scores,
+        is_known,
+        answered,
+        closed_right & answered,
+        confidence,
+        closed_right,
+        calibration.absent_share,
     )
