@@ -501,7 +501,7 @@ class Retriever:
                 before: int, ids: np.ndarray, vectors: np.ndarray, labels: list[str]
             ) -> None:
                 calibration.follow(self.path, opened.stores, target, before, vectors, labels, 1)
-                dba.follow(target, before, ids, vectors, 1)
+                dba.follow(target, before, ids, labels, 1)
 
             embedded = embed_into(
                 target,
@@ -555,7 +555,7 @@ class Retriever:
                     removed = store.remove_path(found[0].path)
                 labels = [i.label for i in removed]
                 calibration.follow(self.path, opened.stores, store, before, vectors, labels, -1)
-                dba.follow(store, before, np.array([i.id for i in removed]), None, -1)
+                dba.follow(store, before, np.array([i.id for i in removed]), labels, -1)
                 gone += removed
         if not gone:
             what = f"items with label {label!r}" if label is not None else f"item with path {path}"

@@ -5,6 +5,7 @@ CLI."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -28,32 +29,46 @@ def clustered(n: int, classes: int, seed: int = 0, dim: int = 16) -> tuple[np.nd
     return x / np.linalg.norm(x, axis=1, keepdims=True), labels
 
 
-def test_lists_are_the_nearest_others_with_a_spare():
+def test_lists_are_the_nearest_others_of_the_same_label_with_a_spare():
     x = unit_rows(40, seed=1)
-    lists = rr.Lists.of(x)
+    labels = np.array(["a", "b", "c", "d"])[np.arange(40) % 4]
+    lists = rr.Lists.of(x, labels)
     sims = x @ x.T
     np.fill_diagonal(sims, -np.inf)
     for i in range(40):
-        assert lists.nbr[i].tolist() == np.argsort(-sims[i])[: rr.M + 1].tolist()
+        others = np.where(labels == labels[i], sims[i], -np.inf)
+        assert lists.nbr[i].tolist() == np.argsort(-others)[: rr.M + 1].tolist()
+        assert np.argmax(sims[i]) in lists.nbr[i] or labels[np.argmax(sims[i])] != labels[i]
+    assert any(labels[np.argmax(sims[i])] != labels[i] for i in range(40))  # the case it covers
     nbr, _ = lists.rows(np.arange(40), without=int(lists.nbr[0, 0]))
     assert nbr[0].tolist() == lists.nbr[0, 1:].tolist()  # the spare moves up
     assert nbr.shape == (40, rr.M)
 
 
-def test_kept_lists_follow_writes_as_if_made_from_scratch(tmp_path: Path, monkeypatch):
-    """Adds (some new items beyond the CHECK nearest of others, whose lists they enter all the
-    same) and removals: the kept lists equal lists made from the records afresh."""
-    monkeypatch.setattr(dba, "CHECK", 5)
-    x, _ = clustered(120, 6, seed=2)
+def test_a_label_with_fewer_items_than_a_list_pads_it():
+    x = unit_rows(5, seed=2)
+    lists = rr.Lists.of(x, ["a", "a", "b", "b", "b"])
+    assert lists.nbr[0].tolist() == [1, -1, -1, -1]
+    assert lists.nbr[2, :2].tolist() in ([3, 4], [4, 3]) and lists.nbr[2, 2] == -1
+    assert np.isinf(lists.sim[0, 1:]).all()
+
+
+def test_kept_lists_follow_writes_as_if_made_from_scratch(tmp_path: Path):
+    """Adds (into labels the gallery holds, whose items' lists the new ones enter, and into new
+    labels) and removals (single items, scattered ones, a whole label): the kept lists equal
+    lists made from the records afresh."""
+    x, _ = clustered(140, 6, seed=2)
+    names = np.array(["a", "b", "c"])
     store = IndexStore.create(tmp_path / "idx", 16, MODEL)
-    ids = add_items(store, x[:80], ["a"] * 80)
+    ids = add_items(store, x[:80], list(names[np.arange(80) % 2]))
     generation, _ = dba.load(store)
     assert (tmp_path / "idx" / dba.FILE).is_file() and generation == store.generation
-    for lo, hi in ((80, 81), (81, 100), (100, 120)):
+    for lo, hi in ((80, 81), (81, 100), (100, 120), (120, 140)):
+        labels = list(names[np.arange(lo, hi) % 3])
         with store.writing():
             before = store.generation
-            new = add_items(store, x[lo:hi], ["b"] * (hi - lo), start=lo)
-            dba.follow(store, before, new, x[lo:hi], 1)
+            new = add_items(store, x[lo:hi], labels, start=lo)
+            dba.follow(store, before, new, labels, 1)
         kept = dba._read(store)
         assert kept is not None and kept[0] == store.generation
         assert kept[1].equals(dba.build(store))
@@ -61,11 +76,17 @@ def test_kept_lists_follow_writes_as_if_made_from_scratch(tmp_path: Path, monkey
     for gone in (ids[:1], ids[5:30:3], ids[40:90]):
         with store.writing():
             before = store.generation
+            labels = [i.label for i in store.items(gone)]
             store.remove_ids(gone)
-            dba.follow(store, before, gone, None, -1)
+            dba.follow(store, before, gone, labels, -1)
         kept = dba._read(store)
         assert kept is not None and kept[0] == store.generation
         assert kept[1].equals(dba.build(store))
+    with store.writing():
+        before = store.generation
+        removed = store.remove_label("c")
+        dba.follow(store, before, np.array([i.id for i in removed]), ["c"] * len(removed), -1)
+    assert dba._read(store)[1].equals(dba.build(store))
     store.close()
 
 
@@ -75,7 +96,7 @@ def test_lists_not_of_the_records_are_made_anew(tmp_path: Path):
     dba.load(store)
     before = store.generation
     add_items(store, unit_rows(5, seed=4), ["b"] * 5, start=20)  # a write that did not follow
-    dba.follow(store, before + 1, np.arange(3), unit_rows(3), 1)  # not the kept generation: no-op
+    dba.follow(store, before + 1, np.arange(3), ["b"] * 3, 1)  # not the kept generation: no-op
     assert dba._read(store)[0] == before
     generation, lists = dba.load(store)
     assert generation == store.generation and lists.equals(dba.build(store)) and len(lists) == 25
@@ -84,17 +105,38 @@ def test_lists_not_of_the_records_are_made_anew(tmp_path: Path):
     store.close()
 
 
+def test_lists_made_across_labels_by_an_earlier_version_are_made_anew(tmp_path: Path):
+    """dba.npz written before the lists kept to each label (no "within" in its meta) holds
+    neighbours of other labels: it is not used, even at the records' generation."""
+    store = IndexStore.create(tmp_path / "idx", 16, MODEL)
+    x = unit_rows(30, seed=6)
+    labels = ["a", "b", "c"] * 10
+    add_items(store, x, labels)
+    ids, _ = store.vectors()
+    idx, sims = rr.nearest_others(x, rr.M + 1)
+    across = rr.Lists.sorted(ids, ids[idx], sims)
+    out = io.BytesIO()
+    meta = {"generation": store.generation, "m": rr.M}
+    np.savez(out, meta=np.array(json.dumps(meta)), ids=across.ids, nbr=across.nbr, sim=across.sim)
+    (tmp_path / "idx" / dba.FILE).write_bytes(out.getvalue())
+    assert dba._read(store) is None
+    generation, lists = dba.load(store)
+    assert generation == store.generation and lists.equals(rr.Lists.of(x, labels, ids))
+    assert not lists.equals(across)
+    store.close()
+
+
 def test_evaluate_queries_one_at_a_time_without_themselves():
     """Each row's ranking equals a query of a gallery that never held it: the lists made from
     scratch without the row, the row queried from outside."""
     x, labels = clustered(90, 5, seed=5)
     for method in ("dba", "qe", "dba+qe", "kr"):
-        got = reranked_leave_one_out(x, 10, method)
+        got = reranked_leave_one_out(x, labels, 10, method)
         for i in range(0, 90, 7):
             rest = np.delete(np.arange(90), i)
             g = x[rest]
             cand = np.argsort(-(g @ x[i]), kind="stable")[: rr.shortlist(10, method)]
-            lists = rr.Lists.of(g) if rr.uses_lists(method) else None
+            lists = rr.Lists.of(g, labels[rest]) if rr.uses_lists(method) else None
             scores = rr.rerank(method, x[i], cand, g.__getitem__, lists)
             want = rest[cand[np.argsort(-scores, kind="stable")[:10]]]
             assert got[i].tolist() == want.tolist(), (method, i)

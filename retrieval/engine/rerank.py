@@ -2,8 +2,8 @@
 alpha-weighted query expansion (alpha-QE) and k-reciprocal re-ranking (kr).
 
 DBA: each gallery item is ranked by normalise(x + sum_i max(s_i, 0)^ALPHA x_i) over its ``M``
-nearest other gallery items (label-blind: the labels never enter a score), computed from the raw
-vectors, which stay the truth. alpha-QE: the query is replaced by normalise(q + sum_i
+nearest other gallery items of its own label (the gallery's labels, never the query's), computed
+from the raw vectors, which stay the truth. alpha-QE: the query is replaced by normalise(q + sum_i
 max(s_i, 0)^ALPHA y_i) over the ``QE_N`` best of its shortlist and the shortlist scored again.
 kr (Zhong et al. 2017, "Re-ranking person re-identification with k-reciprocal encoding"): over
 the graph of the query and its shortlist alone (never the other queries, never the whole gallery),
@@ -82,9 +82,9 @@ def nearest_others(x: np.ndarray, k: int, block: int = BLOCK) -> tuple[np.ndarra
 
 @dataclass
 class Lists:
-    """Each gallery item's ``M + 1`` nearest other items by raw score, best first (ties: the
-    lower id first): ``ids`` (n,) ascending, ``nbr`` (n, M + 1) their ids (-1 where the gallery
-    has fewer), ``sim`` (n, M + 1) their scores (-inf there)."""
+    """Each gallery item's ``M + 1`` nearest other items of its label by raw score, best first
+    (ties: the lower id first): ``ids`` (n,) ascending, ``nbr`` (n, M + 1) their ids (-1 where
+    the label has fewer), ``sim`` (n, M + 1) their scores (-inf there)."""
 
     ids: np.ndarray
     nbr: np.ndarray
@@ -97,12 +97,19 @@ class Lists:
         )
 
     @classmethod
-    def of(cls, x: np.ndarray, ids: np.ndarray | None = None) -> Lists:
-        """The lists of a gallery held in memory: rows ``x``, ids ``ids`` (default 0..n-1,
-        ascending)."""
+    def of(cls, x: np.ndarray, labels: Sequence[str], ids: np.ndarray | None = None) -> Lists:
+        """The lists of a gallery held in memory: rows ``x`` with ``labels``, ids ``ids``
+        (default 0..n-1, ascending). Memory O(BLOCK * the largest label), never n * n."""
         ids = np.arange(len(x), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
-        idx, sims = nearest_others(x, M + 1)
-        return cls.sorted(ids, ids[idx], sims)
+        y = np.asarray(labels)
+        nbr = np.full((len(x), M + 1), -1, np.int64)
+        sim = np.full((len(x), M + 1), -np.inf, np.float32)
+        for label in np.unique(y):
+            rows = np.flatnonzero(y == label)
+            idx, sims = nearest_others(x[rows], M + 1)
+            nbr[rows, : idx.shape[1]] = ids[rows][idx]
+            sim[rows, : idx.shape[1]] = sims
+        return cls.sorted(ids, nbr, sim)
 
     @classmethod
     def sorted(cls, ids: np.ndarray, nbr: np.ndarray, sim: np.ndarray) -> Lists:

@@ -43,14 +43,14 @@ def neighbors_leave_one_out(
     return out
 
 
-def reranked_leave_one_out(x: np.ndarray, k: int, method: str) -> np.ndarray:
+def reranked_leave_one_out(x: np.ndarray, labels: Sequence[str], k: int, method: str) -> np.ndarray:
     """Indices (n, k) of each row's k best other rows as ``query --rerank method`` ranks them
-    in a gallery of all the other rows: the shortlist of the index, re-ranked, each row queried
-    on its own and left out of every DBA neighbour list first."""
+    in a gallery of all the other rows (with their ``labels``): the shortlist of the index,
+    re-ranked, each row queried on its own and left out of every DBA neighbour list first."""
     if method == "none":
         return neighbors_leave_one_out(x, k)
     cand = neighbors_leave_one_out(x, shortlist(k, method))
-    lists = Lists.of(x) if uses_lists(method) else None
+    lists = Lists.of(x, labels) if uses_lists(method) else None
     out = np.empty((len(x), min(k, cand.shape[1])), np.int64)
     for i, row in enumerate(cand):
         scores = rerank(method, x[i], row, x.__getitem__, lists, without=i)
@@ -93,7 +93,7 @@ def retrieval_metrics(
     """Leave-one-out Recall@K and MAP@R of embeddings ``x`` (n, d) with ``labels`` (n,), the
     neighbours re-ranked by ``rerank`` (reranked_leave_one_out)."""
     _, counts = np.unique(labels, return_counts=True)
-    idx = reranked_leave_one_out(x, max(max(ks), int(counts.max()) - 1), rerank)
+    idx = reranked_leave_one_out(x, labels, max(max(ks), int(counts.max()) - 1), rerank)
     nn_labels = labels[idx]
     out = {f"recall_at_{k}": v for k, v in recall_at_k(labels, nn_labels, ks).items()}
     out["map_at_r"] = map_at_r(labels, nn_labels)
