@@ -85,7 +85,7 @@ class TrainConfig:
     pooling: str = "gem"
     dim: int | None = None
     attention: bool = False
-    flip: bool = True
+    flip: bool = False
     loss: str = "multi-similarity"
     miner: str = "multi-similarity"
     epochs: int = 3

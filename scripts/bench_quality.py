@@ -41,8 +41,9 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cub50-dev"
 
 OURS = TrainConfig()  # every one of the 25 species trained on, the last epoch kept
 # The default until 2026-12-04's every-species change: 5 of the 25 species held out to choose the
-# epoch. The rows below measured before that change are this recipe with one change, as then.
-VAL5 = TrainConfig(val_classes=5)
+# epoch, each image averaged with its mirror image (the default until 2026-12-05). The rows below
+# measured before that change are this recipe with one change, as then.
+VAL5 = TrainConfig(val_classes=5, flip=True)
 # The default recipe until 2026-12-04 (trunk learning rate 1e-5, 2 epochs): the rows that change
 # one thing of it are measured against it, as the README's first table reports them.
 BEFORE = replace(VAL5, lr_trunk=1e-5, epochs=2)
@@ -72,14 +73,18 @@ TRAINED_ROWS = {
     "ours-proxy-anchor": replace(VAL5, loss="proxy-anchor", miner="none", lr_head=1e-2),
     "ours-wd0.05": replace(VAL5, weight_decay=0.05),
 }
-# Rows that measure another row's trained model (WORK/ROW) with its mirror-image averaging off.
-NO_FLIP_ROWS = {"ours-noflip": "ours", "ours-before-noflip": "ours-before"}
+# Rows that measure another row's trained model (WORK/ROW) with mirror-image averaging on or off.
+MIRROR_ROWS = {
+    "ours-flip": ("ours", True),
+    "ours-noflip": ("ours", False),
+    "ours-before-noflip": ("ours-before", False),
+}
 FROZEN_ROWS = {
     "frozen-avg": ModelSpec(pooling="avg"),
     "frozen-gem": ModelSpec(pooling="gem"),
     "frozen-gem-flip": ModelSpec(pooling="gem", flip=True),
 }
-ALL_ROWS = [*FROZEN_ROWS, *TRAINED_ROWS, *NO_FLIP_ROWS, "pml-reference"]
+ALL_ROWS = [*FROZEN_ROWS, *TRAINED_ROWS, *MIRROR_ROWS, "pml-reference"]
 
 
 def machine_and_command(script: str) -> str:
@@ -132,11 +137,11 @@ def measure(
     test: list[Record],
     reranks: list[str],
     work: Path,
-    flip: bool = True,
+    flip: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     loaded = load_model(model_ref, spec=spec)
-    if not flip:
-        loaded.net.spec = replace(loaded.net.spec, flip=False)
+    if flip is not None:  # the model's mirror-image averaging turned on or off
+        loaded.net.spec = replace(loaded.net.spec, flip=flip)
     emb = loaded.embedder(batch_size=32).embed_paths([r.path for r in test])
     labels = [test[i].label for i in emb.ok]
     enrol = {
@@ -145,7 +150,7 @@ def measure(
         )
         for n in SHOTS
     }
-    if spec is not None or not flip:  # the model as measured, as a folder for build-index
+    if spec is not None or flip is not None:  # the model as measured, as a folder for build-index
         model_ref = str(save_model_dir(loaded.net, work / "model").parent)
     p50 = (
         query_p50(model_ref, [test[i] for i in emb.ok], work, reranks)
@@ -176,13 +181,14 @@ def run_row(
     if name in FROZEN_ROWS:
         measured = measure("efficientnet_lite0", FROZEN_ROWS[name], test, reranks, work / name)
         return {m: {**r, "train_s": 0.0, "epochs": 0} for m, r in measured.items()}
-    if name in NO_FLIP_ROWS:
-        base = work / NO_FLIP_ROWS[name]
+    if name in MIRROR_ROWS:
+        row, flip = MIRROR_ROWS[name]
+        base = work / row
         if not (base / "model.pt").is_file():
             sys.exit(
                 f"bench_quality: row {name} measures {base}; train it first (--rows {base.name})"
             )
-        measured = measure(str(base), None, test, reranks, work / f"{name}-measured", flip=False)
+        measured = measure(str(base), None, test, reranks, work / f"{name}-measured", flip=flip)
         return {m: {**r, "train_s": float("nan"), "epochs": "–"} for m, r in measured.items()}
     out = work / name
     if reuse:

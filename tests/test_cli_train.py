@@ -46,23 +46,23 @@ def test_train_then_index_with_the_model(gallery: Path, tmp_path: Path):
     run("build-index", gallery, "--index", index, "--model", out)
     info = json.loads(run("info", "--index", index, "--json").output)
     assert info["dim"] == 8 and info["model"] == "model" and info["count"] == 16
-    assert info["flip"] is True  # the default: each image averaged with its mirror image
+    assert info["flip"] is False  # the default: one pass per image
     assert info["input_size"] == 32  # --image-size: what the network sees, its cost and detail
     q = write_image(tmp_path / "q.png", COLORS["red"], seed=3)
     obj = json.loads(run("query", q, "--index", index, "--json").output)
     assert len(obj["neighbors"]) == 5
 
 
-def test_train_no_flip_gives_a_one_pass_model(gallery: Path, tmp_path: Path):
+def test_train_flip_gives_a_two_pass_model_that_says_so(gallery: Path, tmp_path: Path):
     out = tmp_path / "model"
     tiny = ["--backbone", "tiny", "--epochs", "1", "--val-classes", "0", "--image-size", "32"]
     batches = ["--batch-p", "2", "--batch-k", "2", "--workers", "0"]
-    run("train", gallery, "--out", out, "--no-flip", *tiny, *batches)
+    run("train", gallery, "--out", out, "--flip", *tiny, *batches)
     index = tmp_path / "idx"
     run("build-index", gallery, "--index", index, "--model", out)
     info = run("info", "--index", index)
-    assert "mirror image" not in info.output
-    assert json.loads(run("info", "--index", index, "--json").output)["flip"] is False
+    assert "each image averaged with its mirror image (2 passes)" in info.output
+    assert json.loads(run("info", "--index", index, "--json").output)["flip"] is True
 
 
 def test_train_bad_settings(gallery: Path, tmp_path: Path):

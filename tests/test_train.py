@@ -80,7 +80,7 @@ def test_training_lowers_loss_and_writes_model_dir(data: Path, tmp_path: Path):
 
 
 def test_whitening_head_is_fitted_after_training(data: Path, tmp_path: Path):
-    cfg = tiny_cfg(head="whiten", dim=8, epochs=1)
+    cfg = tiny_cfg(head="whiten", dim=8, epochs=1, flip=True)
     report = train(data, tmp_path / "w", cfg, num_workers=0)
     last = report.history[-1]
     assert last["whitened"] is True and last["epoch"] == report.best_epoch

@@ -569,8 +569,8 @@ def check_cmd(index_dir: Path, repair: bool, as_json: bool) -> None:
     default=TrainConfig.flip,
     show_default=True,
     help="The model embeds each image with its mirror image and averages the two: two passes "
-    "of the network per image (README: +0.7 Recall@1 and +1.4 MAP@R on unseen species, half "
-    "the build-index images/s).",
+    "of the network per image, half the build-index images/s (README: +0.1 Recall@1, +1.0 "
+    "MAP@R on unseen species, with the default re-ranking).",
 )
 @click.option(
     "--val-classes",
