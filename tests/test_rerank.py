@@ -113,8 +113,7 @@ def test_lists_made_across_labels_by_an_earlier_version_are_made_anew(tmp_path: 
     labels = ["a", "b", "c"] * 10
     add_items(store, x, labels)
     ids, _ = store.vectors()
-    idx, sims = rr.nearest_others(x, rr.M + 1)
-    across = rr.Lists.sorted(ids, ids[idx], sims)
+    across = rr.Lists.of(x, ["one"] * len(x), ids)  # one label: the nearest items of any
     out = io.BytesIO()
     meta = {"generation": store.generation, "m": rr.M}
     np.savez(out, meta=np.array(json.dumps(meta)), ids=across.ids, nbr=across.nbr, sim=across.sim)

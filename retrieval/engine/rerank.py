@@ -60,26 +60,6 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def nearest_others(x: np.ndarray, k: int, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, scores), each (n, k), of each row's k most similar other rows of ``x`` (unit
-    rows), best first (ties: the lower index first). Memory O(block * n), never n * n."""
-    n = x.shape[0]
-    k = max(0, min(k, n - 1))
-    idx = np.empty((n, k), np.int64)
-    sims = np.empty((n, k), np.float32)
-    for s in range(0, n, block):
-        sim = x[s : s + block] @ x.T
-        rows = np.arange(sim.shape[0])
-        sim[rows, s + rows] = -np.inf
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if 0 < k < n - 1 else None
-        cand = np.argsort(-sim, axis=1, kind="stable")[:, :k] if part is None else np.sort(part, 1)
-        score = np.take_along_axis(sim, cand, axis=1)
-        order = np.argsort(-score, axis=1, kind="stable")
-        idx[s : s + block] = np.take_along_axis(cand, order, axis=1)
-        sims[s : s + block] = np.take_along_axis(score, order, axis=1)
-    return idx, sims
-
-
 @dataclass
 class Lists:
     """Each gallery item's ``M + 1`` nearest other items of its label by raw score, best first
@@ -102,14 +82,44 @@ class Lists:
         (default 0..n-1, ascending). Memory O(BLOCK * the largest label), never n * n."""
         ids = np.arange(len(x), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
         y = np.asarray(labels)
-        nbr = np.full((len(x), M + 1), -1, np.int64)
-        sim = np.full((len(x), M + 1), -np.inf, np.float32)
-        for label in np.unique(y):
-            rows = np.flatnonzero(y == label)
-            idx, sims = nearest_others(x[rows], M + 1)
-            nbr[rows, : idx.shape[1]] = ids[rows][idx]
-            sim[rows, : idx.shape[1]] = sims
-        return cls.sorted(ids, nbr, sim)
+        parts = [
+            cls.among(ids[y == lab], x[y == lab], ids[y == lab], x[y == lab])
+            for lab in np.unique(y)
+        ]
+        return cls.union(parts)
+
+    @classmethod
+    def among(
+        cls, ids: np.ndarray, x: np.ndarray, member_ids: np.ndarray, members: np.ndarray
+    ) -> Lists:
+        """The lists of items ``ids`` (rows ``x``) among the items ``member_ids`` (rows
+        ``members``, one label's), each item left out of its own, compared in blocks."""
+        parts = []
+        for s in range(0, len(ids), BLOCK):
+            sim = x[s : s + BLOCK] @ members.T
+            sim[ids[s : s + BLOCK, None] == member_ids[None]] = -np.inf
+            k = min(M + 1, sim.shape[1])
+            cand = (
+                np.argpartition(-sim, k - 1, axis=1)[:, :k]
+                if 0 < k < sim.shape[1]
+                else np.broadcast_to(np.arange(sim.shape[1]), sim.shape)
+            )
+            score = np.take_along_axis(sim, cand, axis=1)
+            parts.append(cls.sorted(ids[s : s + BLOCK], member_ids[cand], score))
+        return cls.union(parts)
+
+    @classmethod
+    def union(cls, parts: Sequence[Lists]) -> Lists:
+        """The lists of ``parts`` (of distinct items) as one, by id."""
+        if not parts:
+            return cls.empty()
+        ids = np.concatenate([p.ids for p in parts])
+        order = np.argsort(ids, kind="stable")
+        return cls(
+            ids[order],
+            np.concatenate([p.nbr for p in parts])[order],
+            np.concatenate([p.sim for p in parts])[order],
+        )
 
     @classmethod
     def sorted(cls, ids: np.ndarray, nbr: np.ndarray, sim: np.ndarray) -> Lists:

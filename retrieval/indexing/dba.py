@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from index import IndexStore, atomic_write_bytes
-from retrieval.engine.rerank import BLOCK, Lists, M
+from retrieval.engine.rerank import Lists, M
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,6 @@ def applies(store: IndexStore) -> bool:
 def _members(store: IndexStore, label: str) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of the items of ``label`` now, by id."""
     return store.vectors(np.array([i.id for i in store.find(label=label)], np.int64))
-
-
-def _within(ids: np.ndarray, x: np.ndarray, member_ids: np.ndarray, members: np.ndarray) -> Lists:
-    """The lists of items ``ids`` (vectors ``x``) among the items of their label (``member_ids``,
-    ``members``; themselves left out), compared in blocks."""
-    parts = []
-    for s in range(0, len(ids), BLOCK):
-        sim = x[s : s + BLOCK] @ members.T
-        sim[ids[s : s + BLOCK, None] == member_ids[None]] = -np.inf
-        nbr = np.broadcast_to(member_ids, sim.shape)
-        parts.append(Lists.sorted(ids[s : s + BLOCK], nbr, sim))
-    return _union(*parts) if parts else Lists.empty()
 
 
 def build(store: IndexStore) -> Lists:
@@ -138,7 +126,7 @@ def _added(store: IndexStore, lists: Lists, ids: np.ndarray, labels: Sequence[st
     for label in np.unique(y):
         member_ids, members = _members(store, label)
         new = np.isin(member_ids, ids)
-        parts.append(_within(member_ids[new], members[new], member_ids, members))
+        parts.append(Lists.among(member_ids[new], members[new], member_ids, members))
         old = member_ids[~new]
         if not len(old):
             continue
@@ -150,17 +138,7 @@ def _added(store: IndexStore, lists: Lists, ids: np.ndarray, labels: Sequence[st
             np.concatenate([lists.sim[at], scores], 1),
         )
         lists.nbr[at], lists.sim[at] = merged.nbr, merged.sim
-    return _union(*parts)
-
-
-def _union(*parts: Lists) -> Lists:
-    ids = np.concatenate([p.ids for p in parts])
-    order = np.argsort(ids, kind="stable")
-    return Lists(
-        ids[order],
-        np.concatenate([p.nbr for p in parts])[order],
-        np.concatenate([p.sim for p in parts])[order],
-    )
+    return Lists.union(parts)
 
 
 def _removed(store: IndexStore, lists: Lists, ids: np.ndarray, labels: Sequence[str]) -> Lists:
@@ -174,7 +152,7 @@ def _removed(store: IndexStore, lists: Lists, ids: np.ndarray, labels: Sequence[
         again = np.isin(member_ids, kept.ids[stale])
         if not again.any():
             continue
-        made = _within(member_ids[again], members[again], member_ids, members)
+        made = Lists.among(member_ids[again], members[again], member_ids, members)
         at = np.searchsorted(kept.ids, made.ids)
         kept.nbr[at], kept.sim[at] = made.nbr, made.sim
     return kept
