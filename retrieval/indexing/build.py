@@ -373,7 +373,10 @@ def _calibrate(
 
 def _swap_into_place(staging: Path, target: Path) -> None:
     """Put the complete index at ``staging`` where ``target`` is, in one atomic step; an index
-    there is swapped out under its writer lock (no write of it is cut short), then deleted."""
+    there is swapped out under its writer lock (no write of it is cut short), parked beside it
+    (one rename out of the staging name), then deleted: a build killed while it deletes leaves a
+    parked stray that the next build-index or check --repair removes, never a half-deleted
+    folder where the next build-index would resume."""
     if not target.exists():
         try:
             os.rename(staging, target)
@@ -385,7 +388,10 @@ def _swap_into_place(staging: Path, target: Path) -> None:
             exchange(staging, target)
     else:
         exchange(staging, target)
-    shutil.rmtree(staging)
+    parked = aside_name(target)
+    shutil.rmtree(parked, ignore_errors=True)
+    os.rename(staging, parked)
+    shutil.rmtree(parked)
 
 
 def build_notes(target: Path) -> list[str]:

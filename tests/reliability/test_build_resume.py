@@ -204,6 +204,33 @@ def test_a_parked_old_index_is_reported_and_removed(tmp_path: Path):
     assert stray_files(tmp_path) == []
 
 
+def test_a_build_killed_while_deleting_the_old_index_leaves_no_half_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The old index swapped out by --force is deleted under the parked name, not the staging
+    one: cut short mid-delete (one file gone), the next build-index runs, removes the stray and
+    leaves nothing beside the index."""
+    gallery = write_gallery(tmp_path / "g", 2, 3)
+    target = tmp_path / "idx"
+    build_index(gallery, target, model="tiny")
+    real_rmtree = shutil.rmtree
+
+    def cut_short(path, *args, **kwargs):
+        if Path(path) == aside_name(target) and Path(path).exists():
+            next(Path(path).glob("*.sqlite")).unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(gallery, target, model="tiny", force=True)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert not staging_dir(target).exists()
+    assert aside_name(target).is_dir() and IndexStore.is_index(target)
+    build_index(gallery, target, model="tiny", force=True)
+    assert stray_files(tmp_path) == []
+
+
 def test_interrupted_enroll_keeps_a_prefix_of_whole_chunks(tmp_path: Path):
     gallery = write_gallery(tmp_path / "g", 2, 3)
     target = tmp_path / "idx"
