@@ -206,6 +206,7 @@ class Retriever:
         min_score: float | None = None,
         vote: str = "prototype",
         rerank: str | None = None,
+        mirror: bool = True,
         progress: ProgressFactory = no_progress,
     ) -> list[Answer]:
         """One answer per image (a path, the bytes of an image file, a PIL image or a uint8
@@ -224,8 +225,12 @@ class Retriever:
         does not vote for itself). The neighbours shown are re-ranked by ``rerank`` ("none",
         "dba", "qe", "dba+qe" or "kr"; None: the index's setting, see ``set_rerank``) over the
         index's shortlist (engine/rerank.py); the label, its confidence and the unknown rule
-        come from the neighbours as found, before re-ranking. Every path is checked before the
-        first image is answered."""
+        come from the neighbours as found, before re-ranking. With ``mirror`` (the default) the
+        image is asked averaged with its mirror image (one more pass of the network, in the
+        same call; a network trained with ``--flip`` does it itself): its neighbours, their
+        re-ranking and its label come from that average, the decision score and confidence
+        from the image as it is, as the index calibrated them from its gallery's vectors.
+        Every path is checked before the first image is answered."""
         batch: list[ImageInput] = [images] if _is_one(images) else list(images)  # type: ignore[list-item, arg-type]
         for i, image in enumerate(batch):
             if isinstance(image, _PATH_TYPES) and not Path(image).is_file():
@@ -233,7 +238,7 @@ class Retriever:
         with progress(len(batch), "querying") as bar:
             answers = []
             for answer in self.query_stream(
-                batch, k=k, min_score=min_score, vote=vote, rerank=rerank
+                batch, k=k, min_score=min_score, vote=vote, rerank=rerank, mirror=mirror
             ):
                 answers.append(answer)
                 bar.update(1)
@@ -247,13 +252,20 @@ class Retriever:
         min_score: float | None = None,
         vote: str = "prototype",
         rerank: str | None = None,
+        mirror: bool = True,
     ) -> Iterator[Answer]:
         """``query`` of images one at a time as they come (e.g. paths read from a pipe)."""
         _check_vote(k, vote, min_score)
         method = self._rerank_method(self._current(), rerank)
         for i, image in enumerate(images):
             yield self.answer(
-                image, name=_name(image, i), k=k, min_score=min_score, vote=vote, rerank=method
+                image,
+                name=_name(image, i),
+                k=k,
+                min_score=min_score,
+                vote=vote,
+                rerank=method,
+                mirror=mirror,
             )
 
     def answer(
@@ -265,6 +277,7 @@ class Retriever:
         min_score: float | None = None,
         vote: str = "prototype",
         rerank: str | None = None,
+        mirror: bool = True,
     ) -> Answer:
         """The answer for one image (see ``query``); ``name`` is what the answer and an error
         call it (default: its path)."""
@@ -275,8 +288,10 @@ class Retriever:
         method = self._rerank_method(opened, rerank)
         embedder = self._embedder(opened)
         picture, sha = decode_input(image, name, min_side=embedder.transform.pre.resize)
-        vector = embedder.embed_images([picture])
-        hits = opened.searcher.neighbors(vector, sha, shortlist(k, method))
+        vector, asked = embedder.embed_images_mirrored(
+            [picture], mirror=mirror and not opened.entry.flip
+        )
+        hits = opened.searcher.neighbors(asked, sha, shortlist(k, method))
         ids = len(opened.dirs) == 1  # shards number their items apart
         neighbors = [Neighbor(h.path, h.label, h.score, h.id if ids else None) for h in hits]
         state = self._openset(opened)
@@ -285,8 +300,8 @@ class Retriever:
         )
         distances = state.scorer.distances(vector)
         if vote == "prototype":
-            closeness = state.scorer.closeness(distances[0])
-            chosen = nearest_prototype(neighbors, closeness, k) or p.label
+            near = distances if asked is vector else state.scorer.distances(asked)
+            chosen = nearest_prototype(neighbors, state.scorer.closeness(near[0]), k) or p.label
             p = Prediction(chosen, share(neighbors, chosen, k), p.neighbors)
         score = float(state.scorer.score(vector, distances)[0])
         right = state.calibration.confidence(score) if p.neighbors else 0.0
@@ -302,7 +317,7 @@ class Retriever:
         label = None if why else p.label
         shown = list(p.neighbors)
         if method != "none" and neighbors:
-            shown = self._reranked(opened, method, vector[0], neighbors, sha)[:k]
+            shown = self._reranked(opened, method, asked[0], neighbors, sha)[:k]
         return Answer(
             name,
             label,
@@ -586,7 +601,7 @@ class Retriever:
             layout=first.layout.to_json(),
             shards=len(opened.stores),
             open_set=calibration.describe(self._openset(opened)),
-            flip=bool(opened.entry.spec and opened.entry.spec.get("flip")),
+            flip=opened.entry.flip,
             precision=opened.entry.precision,
             rerank=self._rerank_method(opened, None),
             input_size=opened.entry.preprocess.crop,

@@ -8,8 +8,10 @@ gallery alone, as an index does (known_accept 0.95: a threshold keeping 95 % of 
 leave-one-out probes; the confidence a logistic fit on its leave-out probes, absent share 0.2).
 
 The default rule (relative Mahalanobis) is measured as a user gets it: `retrieval.build` of the
-gallery into a real index, then `Retriever.answer` of each query, one at a time; the other rules
-(top cosine, best prototype cosine) from the same embeddings with the same calibration procedure.
+gallery into a real index, then `Retriever.answer` of each query, one at a time (averaged with
+its mirror image, as `retrieve query` asks by default; `--no-mirror`: as it is); the other rules
+(top cosine, best prototype cosine) score the photos as they are, with the same calibration
+procedure, and take the default query's closed-set labels.
 
     python scripts/bench_open_set.py                                 # frozen default only
     python scripts/bench_open_set.py --trained runs/bench_quality/ours   # + a trained model
@@ -93,7 +95,7 @@ def _cosine_rules(g, gy, q):
     return out
 
 
-def measure(model: str, data: Path, work: Path) -> dict[str, dict[str, float]]:
+def measure(model: str, data: Path, work: Path, mirror: bool) -> dict[str, dict[str, float]]:
     records = scan_gallery(data).records
     species = sorted({r.label for r in records})[25:]
     records = [r for r in records if r.label in species]
@@ -111,8 +113,9 @@ def measure(model: str, data: Path, work: Path) -> dict[str, dict[str, float]]:
     queries = np.r_[known, absent]
     is_known = np.r_[np.ones(len(known), bool), np.zeros(len(absent), bool)]
     with retrieval.Retriever(work / "index") as r:
-        answers = [r.answer(paths[i]) for i in queries]  # one at a time, as a user asks
-        closed = [r.answer(paths[i], min_score=0) for i in queries]  # the k-NN vote alone
+        # one at a time, as a user asks; then the same with no unknown answer (closed set)
+        answers = [r.answer(paths[i], mirror=mirror) for i in queries]
+        closed = [r.answer(paths[i], min_score=0, mirror=mirror) for i in queries]
         seconds = [a.seconds for a in answers]
         opened = r._current()
         scorer = r._openset(opened).scorer
@@ -254,6 +257,11 @@ def main() -> None:
         action="store_true",
         help="also the default rule on other galleries (sizes, species, flowers12)",
     )
+    ap.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="ask each photo as it is (retrieve query --no-mirror), not averaged with its mirror",
+    )
     args = ap.parse_args()
     if not args.data.is_dir():
         sys.exit(
@@ -265,7 +273,7 @@ def main() -> None:
     results = {}
     for name, model in models.items():
         with tempfile.TemporaryDirectory() as work:
-            results[name] = measure(model, args.data, Path(work))
+            results[name] = measure(model, args.data, Path(work), not args.no_mirror)
         if args.settings:
             results[name]["settings"] = settings(model, args.data, args.data.parent / "flowers12")
     if args.json:

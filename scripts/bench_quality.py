@@ -2,8 +2,10 @@
 
 Trains on the first 25 species of cub50-dev in sorted-name order (the ``VAL5`` rows hold 5 of
 them out to choose the epoch), measures on the other 25: Recall@1/2/4/8 and MAP@R
-leave-one-out, and enrolment accuracy from 1, 5 and 10 photos per species (each the mean of 5
-seeded draws of those photos). Prints one table with the machine and the command.
+leave-one-out, and enrolment accuracy from 1, 5 and 10 photos per species (each the mean of 20
+seeded draws of those photos). Each photo is asked as ``retrieve query`` asks it: averaged with
+its mirror image, the gallery holding it as it is (``--no-mirror``: as it is; a model trained
+with ``--flip`` averages both sides itself). Prints one table with the machine and the command.
 With ``--rerank``, each row once per re-ranking (as ``retrieve query --rerank`` ranks; the
 5-shot label is decided before re-ranking), with the warm query latency p50 of ``retrieve
 query`` on an index of the measured images (each queried photo left out of its neighbours;
@@ -106,10 +108,12 @@ def split(data: Path) -> tuple[list[Record], list[Record]]:
 
 LATENCY_QUERIES = 200
 SHOTS = (1, 5, 10)  # enrolment accuracy with this many photos per species ...
-DRAWS = 5  # ... averaged over this many seeded draws of those photos
+DRAWS = 20  # ... averaged over this many seeded draws (one draw's s.d. is ~0.8 points at 5 shots)
 
 
-def query_p50(model: str, test: list[Record], work: Path, reranks: list[str]) -> dict[str, float]:
+def query_p50(
+    model: str, test: list[Record], work: Path, reranks: list[str], mirror: bool
+) -> dict[str, float]:
     """Warm p50 seconds of ``Retriever.query`` per re-ranking, over LATENCY_QUERIES of the test
     images (every 7th) queried one at a time on an index of all of them built with ``model``,
     each image by every re-ranking in turn (so that a busy moment of the machine falls on all)."""
@@ -124,10 +128,10 @@ def query_p50(model: str, test: list[Record], work: Path, reranks: list[str]) ->
     seconds: dict[str, list[float]] = {method: [] for method in reranks}
     with retrieval.Retriever(index) as r:
         for method in reranks:
-            r.query(queries[:5], rerank=method)  # warm: network, FAISS, the DBA lists
+            r.query(queries[:5], rerank=method, mirror=mirror)  # warm: network, FAISS, DBA lists
         for query in queries:
             for method in reranks:
-                seconds[method].append(r.answer(query, rerank=method).seconds)
+                seconds[method].append(r.answer(query, rerank=method, mirror=mirror).seconds)
     return {method: float(np.median(s)) for method, s in seconds.items()}
 
 
@@ -137,29 +141,36 @@ def measure(
     test: list[Record],
     reranks: list[str],
     work: Path,
+    mirror: bool,
     flip: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     loaded = load_model(model_ref, spec=spec)
     if flip is not None:  # the model's mirror-image averaging turned on or off
         loaded.net.spec = replace(loaded.net.spec, flip=flip)
-    emb = loaded.embedder(batch_size=32).embed_paths([r.path for r in test])
+    mirror = mirror and not loaded.net.spec.flip
+    emb = loaded.embedder(batch_size=32).embed_paths([r.path for r in test], mirror=mirror)
     labels = [test[i].label for i in emb.ok]
     enrol = {
         f"enroll_{n}": float(
-            np.mean([enrollment_accuracy(emb.vectors, labels, n, seed=s) for s in range(DRAWS)])
+            np.mean(
+                [
+                    enrollment_accuracy(emb.vectors, labels, n, seed=s, queries=emb.mirrored)
+                    for s in range(DRAWS)
+                ]
+            )
         )
         for n in SHOTS
     }
     if spec is not None or flip is not None:  # the model as measured, as a folder for build-index
         model_ref = str(save_model_dir(loaded.net, work / "model").parent)
     p50 = (
-        query_p50(model_ref, [test[i] for i in emb.ok], work, reranks)
+        query_p50(model_ref, [test[i] for i in emb.ok], work, reranks, mirror)
         if reranks != ["none"]
         else {}
     )
     return {
         method: {
-            **retrieval_metrics(emb.vectors, np.array(labels), rerank=method),
+            **retrieval_metrics(emb.vectors, np.array(labels), rerank=method, queries=emb.mirrored),
             **enrol,
             "query_p50_ms": 1000 * p50.get(method, float("nan")),
         }
@@ -175,11 +186,14 @@ def run_row(
     epochs: int | None,
     reranks: list[str],
     reuse: bool,
+    mirror: bool,
     seed: int | None = None,
 ) -> dict[str, dict]:
     t0 = time.perf_counter()
     if name in FROZEN_ROWS:
-        measured = measure("efficientnet_lite0", FROZEN_ROWS[name], test, reranks, work / name)
+        measured = measure(
+            "efficientnet_lite0", FROZEN_ROWS[name], test, reranks, work / name, mirror
+        )
         return {m: {**r, "train_s": 0.0, "epochs": 0} for m, r in measured.items()}
     if name in MIRROR_ROWS:
         row, flip = MIRROR_ROWS[name]
@@ -188,11 +202,13 @@ def run_row(
             sys.exit(
                 f"bench_quality: row {name} measures {base}; train it first (--rows {base.name})"
             )
-        measured = measure(str(base), None, test, reranks, work / f"{name}-measured", flip=flip)
+        measured = measure(
+            str(base), None, test, reranks, work / f"{name}-measured", mirror, flip=flip
+        )
         return {m: {**r, "train_s": float("nan"), "epochs": "–"} for m, r in measured.items()}
     out = work / name
     if reuse:
-        measured = measure(str(out), None, test, reranks, work / f"{name}-measured")
+        measured = measure(str(out), None, test, reranks, work / f"{name}-measured", mirror)
         return {m: {**r, "train_s": float("nan"), "epochs": "–"} for m, r in measured.items()}
     if name == "pml-reference":
         from pml_reference import train_reference
@@ -211,7 +227,7 @@ def run_row(
             file=sys.stderr,
         )
     train_s = time.perf_counter() - t0
-    measured = measure(str(out), None, test, reranks, work / f"{name}-measured")
+    measured = measure(str(out), None, test, reranks, work / f"{name}-measured", mirror)
     return {m: {**r, "train_s": train_s, "epochs": cfg.epochs} for m, r in measured.items()}
 
 
@@ -245,6 +261,11 @@ def main() -> None:
         help="measure on the 25 unseen species (the protocol) or on the 25 trained ones",
     )
     ap.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="ask each photo as it is (retrieve query --no-mirror), not averaged with its mirror",
+    )
+    ap.add_argument(
         "--reuse",
         action="store_true",
         help="measure the trained rows' models already in WORK/ROW instead of training them",
@@ -270,7 +291,15 @@ def main() -> None:
 
             shutil.rmtree(work / name)
         rows = run_row(
-            name, train_recs, measured, work, args.epochs, reranks, args.reuse, args.seed
+            name,
+            train_recs,
+            measured,
+            work,
+            args.epochs,
+            reranks,
+            args.reuse,
+            not args.no_mirror,
+            args.seed,
         )
         for method, row in rows.items():
             key = name if reranks == ["none"] else f"{name} rerank {method}"
@@ -283,7 +312,8 @@ def main() -> None:
     print(
         f"data: {args.data.name}, train {len({r.label for r in train_recs})} species "
         f"({len(train_recs)} images), measured on {len({r.label for r in measured})} "
-        f"{args.species} species ({len(measured)} images)"
+        f"{args.species} species ({len(measured)} images); queries "
+        + ("as they are" if args.no_mirror else "averaged with their mirror image")
     )
     print(
         "| row | R@1 | R@2 | R@4 | R@8 | MAP@R | 1-shot | 5-shot | 10-shot | query p50 | epochs | train wall |"

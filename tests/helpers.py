@@ -74,6 +74,7 @@ EVALUATE_JSON_KEYS = {
     "recall_at_4",
     "recall_at_8",
     "map_at_r",
+    "mirror",
     "enrollment",
     "n_images",
     "n_classes",

@@ -62,6 +62,31 @@ def test_in_memory_images_answer_as_their_files(index: Path, tmp_path: Path):
         assert np.allclose([n.score for n in other.neighbors], [n.score for n in by_path.neighbors])
 
 
+def test_a_query_is_asked_averaged_with_its_mirror_image(index: Path, tmp_path: Path):
+    """By default the neighbours (and their re-ranking) are of the image averaged with its
+    mirror image; the decision score stays the image's own, as the index calibrated it."""
+    from index import IndexStore
+    from retrieval.engine.images import load_rgb
+    from retrieval.nets.model import load_model
+
+    path = write_image(tmp_path / "q.png", COLORS["green"], seed=91, size=40)
+    with retrieval.Retriever(index) as r:
+        mirrored = r.answer(path, k=6, rerank="none")
+        plain = r.answer(path, k=6, rerank="none", mirror=False)
+        (listed,) = r.query(path, k=6, rerank="none")
+    vector, averaged = load_model("tiny").embedder().embed_images_mirrored([load_rgb(path)])
+    with IndexStore.open(index) as store:
+        for answer, asked in ((mirrored, averaged[0]), (plain, vector[0])):
+            ids, x = store.vectors([n.id for n in answer.neighbors])
+            cosine = dict(zip(ids.tolist(), x @ asked, strict=True))
+            for n in answer.neighbors:
+                assert n.score == pytest.approx(cosine[n.id], abs=1e-4)
+    assert [n.score for n in listed.neighbors] == [n.score for n in mirrored.neighbors]
+    assert mirrored.decision == pytest.approx(plain.decision, abs=1e-6)
+    assert mirrored.confidence == pytest.approx(plain.confidence, abs=1e-6)
+    assert max(abs(a.score - b.score) for a, b in zip(mirrored.neighbors, plain.neighbors)) > 1e-4
+
+
 def test_a_gallery_photo_given_as_bytes_does_not_vote_for_itself(index: Path):
     own = index.parent / "g" / "red" / "0.png"
     with retrieval.Retriever(index) as r:

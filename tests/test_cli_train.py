@@ -122,3 +122,9 @@ def test_evaluate_json(gallery: Path):
     assert "R@1" in text and "MAP@R" in text
     assert "(80% of these queries absent;" in text
     assert f"{m['ece_at_absent_share']:.3f} weighted to the 20% the confidence assumes" in text
+    assert m["mirror"] is True and "queries mirror-averaged" in text  # as query asks by default
+    plain = json.loads(run("evaluate", gallery, "--model", "tiny", "--json", "--no-mirror").output)
+    assert plain["mirror"] is False
+    assert (
+        "mirror-averaged" not in run("evaluate", gallery, "--model", "tiny", "--no-mirror").output
+    )

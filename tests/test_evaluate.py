@@ -16,6 +16,7 @@ from retrieval.training.metrics import (
     open_set_run,
     open_set_split,
     recall_at_k,
+    reranked_leave_one_out,
     retrieval_metrics,
     share_weights,
 )
@@ -86,6 +87,32 @@ def test_leave_one_out_asks_the_queries_rows():
     assert neighbors_leave_one_out(x, 1, queries=swapped)[:, 0].tolist() == [2, 3, 0, 1]
 
 
+@pytest.mark.parametrize("method", ["none", "dba", "qe", "dba+qe", "kr"])
+def test_reranked_leave_one_out_asks_the_queries_rows(method: str):
+    """Each re-ranking asks row i as queries[i] against the other rows of x: two tight pairs
+    apart, each row asked as the other pair's vector ranks that pair first, itself left out."""
+    x = unit([0, 4, 90, 94, 180, 184])
+    labels = ["a", "a", "b", "b", "c", "c"]
+    own = reranked_leave_one_out(x, labels, 1, method)[:, 0]
+    assert own.tolist() == [1, 0, 3, 2, 5, 4]
+    np.testing.assert_array_equal(
+        reranked_leave_one_out(x, labels, 1, method, queries=x)[:, 0], own
+    )
+    elsewhere = reranked_leave_one_out(x, labels, 2, method, queries=x[[2, 3, 4, 5, 0, 1]])
+    assert [set(row) for row in elsewhere.tolist()] == [
+        {2, 3},
+        {2, 3},
+        {4, 5},
+        {4, 5},
+        {0, 1},
+        {0, 1},
+    ]
+    m = retrieval_metrics(
+        x, np.array(labels), ks=(1,), rerank=method, queries=x[[2, 3, 4, 5, 0, 1]]
+    )
+    assert m["recall_at_1"] == 0.0 and m["map_at_r"] == 0.0
+
+
 def test_enrollment_classifies_the_queries_rows():
     """The enrolled photos come from x, the classified ones from queries: rows that point at
     the next class make every answer wrong."""
@@ -130,6 +157,28 @@ def test_open_set_metrics_on_separated_classes():
     assert m["auroc"] == 1.0 and m["absent_rejected"] == 1.0
     assert 0.85 <= m["known_right"] <= 1.0 and m["closed_set_right"] == 1.0
     assert m["ece"] < 0.15
+
+
+def test_an_open_set_query_is_labelled_by_its_asked_row_and_scored_by_its_own():
+    """As a mirrored query: the label comes from the asked row, the decision score (and so the
+    unknown answer and the confidence) from the row as the gallery was calibrated for."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 32))
+    labels = [f"c{c}" for c in range(8) for _ in range(20)]
+    x = np.repeat(centres, 20, axis=0) + 0.05 * rng.normal(size=(160, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    paths = [f"/{lab}/{i:03d}.jpg" for i, lab in enumerate(labels)]
+    split = open_set_split(labels, paths, seed=None)
+    plain = open_set_run(x, labels, *split)
+    same = open_set_run(x, labels, *split, asked=x)
+    moved = open_set_run(x, labels, *split, asked=np.roll(x, 20, axis=0))  # each row: next class's
+    for run in (same, moved):
+        np.testing.assert_allclose(run.scores, plain.scores, rtol=1e-6)
+        np.testing.assert_array_equal(run.answered, plain.answered)
+        np.testing.assert_allclose(run.confidence, plain.confidence, rtol=1e-6)
+    np.testing.assert_array_equal(same.closed_right, plain.closed_right)
+    assert plain.metrics()["closed_set_right"] == 1.0
+    assert moved.metrics()["closed_set_right"] == 0.0 and moved.metrics()["known_right"] == 0.0
 
 
 def test_auroc_and_ece_by_hand():

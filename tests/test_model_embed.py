@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from retrieval.config import ModelSpec
 from retrieval.errors import ModelError
+from retrieval.engine.images import load_rgb
 from retrieval.nets.model import fingerprint, load_from_source, load_model, save_model_dir
 
 from .helpers import write_image
@@ -112,3 +114,29 @@ def test_attention_map_is_retrievable_after_forward():
     assert amap is not None and amap.shape == (3, 1, 8, 8)
     assert float(amap.min()) > 0.0 and float(amap.max()) < 1.0
     assert load_model("tiny").net.attention_map is None
+
+
+def test_a_mirrored_embedding_is_what_a_flip_network_returns(tmp_path: Path):
+    """One call of a one-pass network on a batch and its mirror images gives each image's vector
+    as it is and its mirror average, equal to a --flip network's embedding of the image."""
+    paths = [
+        write_image(tmp_path / f"{i}.png", (200, 20 * i, 90), i, size=40 + 9 * i) for i in range(5)
+    ]
+    paths.insert(2, tmp_path / "missing.png")
+    one = load_model("tiny")
+    two = load_model("tiny")
+    two.net.spec = replace(two.net.spec, flip=True)
+    asked = one.embedder(batch_size=2, num_workers=0).embed_paths(paths, mirror=True)
+    plain = one.embedder(batch_size=2, num_workers=0).embed_paths(paths)
+    flipped = two.embedder(batch_size=2, num_workers=0).embed_paths(paths)
+    assert asked.ok == plain.ok == flipped.ok == [0, 1, 3, 4, 5]
+    assert plain.mirrored is None and asked.mirrored is not None
+    np.testing.assert_allclose(asked.vectors, plain.vectors, atol=1e-6)
+    np.testing.assert_allclose(asked.mirrored, flipped.vectors, atol=1e-5)
+    assert np.abs(asked.mirrored - asked.vectors).max() > 1e-3  # the mirror changes something
+    images = [load_rgb(p) for p in paths if p.exists()]
+    vectors, averaged = one.embedder(batch_size=3).embed_images_mirrored(images)
+    np.testing.assert_allclose(vectors, plain.vectors, atol=1e-5)
+    np.testing.assert_allclose(averaged, flipped.vectors, atol=1e-5)
+    same, again = one.embedder().embed_images_mirrored(images, mirror=False)
+    assert again is same

@@ -30,11 +30,23 @@ _LOOKAHEAD = 3  # batches decoded ahead of the one being embedded
 
 @dataclass
 class EmbedResult:
-    """Vectors for the paths that decoded; ``ok[i]`` is the index in the input of row i."""
+    """Vectors for the paths that decoded; ``ok[i]`` is the index in the input of row i.
+    ``mirrored`` (asked with ``mirror``): each row averaged with its mirror image's, as a
+    query is asked (``mirror_average``)."""
 
     vectors: np.ndarray
     ok: list[int]
     failures: list[tuple[str, str]] = field(default_factory=list)
+    mirrored: np.ndarray | None = None
+
+
+def mirror_average(vectors: np.ndarray, mirrors: np.ndarray) -> np.ndarray:
+    """Each image's unit vector averaged with its mirror image's, re-normalised: what a network
+    trained with ``--flip`` returns in one call, here from a one-pass network's two."""
+    mean = vectors + mirrors
+    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(
+        np.float32
+    )
 
 
 class Embedder:
@@ -65,15 +77,36 @@ class Embedder:
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.forward(batch), dtype=np.float32)
 
+    def _forward_mirrored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the batch's vectors, each averaged with its mirror image's), one forward call of
+        the batch and its mirror images (flipped left-right after preprocessing)."""
+        both = self._forward(np.concatenate([batch, batch[..., ::-1]]))
+        vectors = both[: len(batch)]
+        return vectors, mirror_average(vectors, both[len(batch) :])
+
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, d) float32 unit rows for RGB PIL images."""
+        return self.embed_images_mirrored(images, mirror=False)[0]
+
+    def embed_images_mirrored(
+        self, images: Sequence[Image.Image], *, mirror: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) float32 unit rows for RGB PIL images, and (``mirror``) the same averaged with
+        their mirror images' (``mirror_average``; without ``mirror``, the same array again)."""
         if not images:
-            return np.zeros((0, self.dim), np.float32)
-        rows = [
-            self._forward(np.stack([self.transform(im) for im in images[s : s + self.batch_size]]))
-            for s in range(0, len(images), self.batch_size)
-        ]
-        return np.concatenate(rows)
+            empty = np.zeros((0, self.dim), np.float32)
+            return empty, empty
+        plain, mirrored = [], []
+        for s in range(0, len(images), self.batch_size):
+            batch = np.stack([self.transform(im) for im in images[s : s + self.batch_size]])
+            if mirror:
+                vectors, averaged = self._forward_mirrored(batch)
+                mirrored.append(averaged)
+            else:
+                vectors = self._forward(batch)
+            plain.append(vectors)
+        rows = np.concatenate(plain)
+        return rows, (np.concatenate(mirrored) if mirror else rows)
 
     def _decode_batch(
         self, paths: Sequence[str], boxes: Sequence[Box | None], start: int
@@ -121,11 +154,13 @@ class Embedder:
         boxes: Sequence[Box | None] | None = None,
         chunk: int | None = None,
         progress: Progress | None = None,
+        mirror: bool = False,
     ) -> Iterator[EmbedResult]:
         """Embed files in order (each cut to its box, if ``boxes`` gives one), yielding a result
         for each run of ``chunk`` inputs (rounded up to whole batches; the last run may be
         shorter), or one for all of them. ``ok`` indexes into ``paths``. A file that cannot be
-        decoded is reported in ``failures``, never fatal."""
+        decoded is reported in ``failures``, never fatal. With ``mirror`` each result also
+        holds the vectors averaged with their mirror images' (twice the network's work)."""
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be at least 1, not {chunk}")
         names = [str(p) for p in paths]
@@ -133,6 +168,7 @@ class Embedder:
         if len(boxes) != len(names):
             raise ValueError(f"{len(boxes)} boxes for {len(names)} paths")
         rows: list[np.ndarray] = []
+        mirrored: list[np.ndarray] | None = [] if mirror else None
         ok: list[int] = []
         failures: list[tuple[str, str]] = []
         seen = 0
@@ -142,30 +178,45 @@ class Embedder:
                 log.debug("skipped %s", err)
                 failures.append((names[i], err))
             if batch is not None:
-                rows.append(self._forward(batch))
+                if mirrored is None:
+                    rows.append(self._forward(batch))
+                else:
+                    vectors, averaged = self._forward_mirrored(batch)
+                    rows.append(vectors)
+                    mirrored.append(averaged)
                 ok.extend(idx)
             if progress is not None:
                 progress(len(idx) + len(bad))
             seen += len(idx) + len(bad)
             if chunk is not None and seen >= chunk:
-                yield self._result(rows, ok, failures)
+                yield self._result(rows, ok, failures, mirrored)
                 rows, ok, failures, seen, yielded = [], [], [], 0, True
+                mirrored = [] if mirror else None
         if seen or not yielded:
-            yield self._result(rows, ok, failures)
+            yield self._result(rows, ok, failures, mirrored)
 
     def _result(
-        self, rows: list[np.ndarray], ok: list[int], failures: list[tuple[str, str]]
+        self,
+        rows: list[np.ndarray],
+        ok: list[int],
+        failures: list[tuple[str, str]],
+        mirrored: list[np.ndarray] | None = None,
     ) -> EmbedResult:
-        vectors = np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
-        return EmbedResult(vectors, ok, failures)
+        def stacked(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
+        return EmbedResult(
+            stacked(rows), ok, failures, None if mirrored is None else stacked(mirrored)
+        )
 
     def embed_paths(
         self,
         paths: Sequence[str | Path],
         progress: Progress | None = None,
         boxes: Sequence[Box | None] | None = None,
+        mirror: bool = False,
     ) -> EmbedResult:
         """Embed files (each cut to its box, if ``boxes`` gives one); one that cannot be decoded
-        is reported in ``failures``, never fatal."""
-        (result,) = self.iter_paths(paths, boxes=boxes, progress=progress)
+        is reported in ``failures``, never fatal. ``mirror``: see ``iter_paths``."""
+        (result,) = self.iter_paths(paths, boxes=boxes, progress=progress, mirror=mirror)
         return result

@@ -68,6 +68,11 @@ class ModelEntry:
     def has_attention(self) -> bool:
         return bool(self.spec and self.spec.get("attention"))
 
+    @property
+    def flip(self) -> bool:
+        """Whether the network averages each image with its mirror image itself (``--flip``)."""
+        return bool(self.spec and self.spec.get("flip"))
+
     def embedder(
         self,
         forward: Forward,

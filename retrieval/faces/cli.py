@@ -307,6 +307,14 @@ def build_index_cmd(
     "(database-side augmentation), qe (query expansion), both, kr (k-reciprocal), or none. "
     "Default: the index's setting ('retrieve calibrate --rerank').",
 )
+@click.option(
+    "--mirror/--no-mirror",
+    default=True,
+    show_default=True,
+    help="Ask each image averaged with its mirror image (one more pass of the network per "
+    "image; a network trained with --flip does it itself): its neighbours and label come from "
+    "the average, its decision score and confidence from the image as it is.",
+)
 @click.option("--model", default=None, help="Check that the index was built with this model.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
 @click.option(
@@ -331,6 +339,7 @@ def query_cmd(
     min_score: float | None,
     method: str,
     rerank: str | None,
+    mirror: bool,
     model: str | None,
     as_json: bool,
     timing: bool,
@@ -347,7 +356,7 @@ def query_cmd(
         check_show_target(show)
     if ray_address is not None:
         _ray_ready()
-    options = {"k": k, "min_score": min_score, "vote": method, "rerank": rerank}
+    options = {"k": k, "min_score": min_score, "vote": method, "rerank": rerank, "mirror": mirror}
     with retrieval.Retriever(index_dir, model=model, ray=ray_address) as r:
         if images == (Path("-"),):
             paths = (line.rstrip("\r\n") for line in sys.stdin)
@@ -686,6 +695,12 @@ def train_cmd(data_dir: Path, out: Path, resume: bool, workers: int, dataset, **
     show_default=True,
     help="The re-ranking measured by Recall@K and MAP@R, as 'query --rerank' does it.",
 )
+@click.option(
+    "--mirror/--no-mirror",
+    default=True,
+    show_default=True,
+    help="Ask each image averaged with its mirror image, as 'query' does by default.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.option(
     "--report",
@@ -703,6 +718,7 @@ def evaluate_cmd(
     batch_size: int,
     seed: int,
     rerank: str,
+    mirror: bool,
     as_json: bool,
     report_dir: Path | None,
     dataset,
@@ -721,6 +737,7 @@ def evaluate_cmd(
         batch_size=batch_size,
         seed=seed,
         rerank=rerank,
+        mirror=mirror,
         dataset=dataset,
         progress=_bar,
     )
@@ -736,7 +753,8 @@ def evaluate_cmd(
     click.echo(f"{m['n_images']} images of {m['n_classes']} classes, model {m['model']}")
     click.echo(
         "  ".join(f"R@{k} {m[f'recall_at_{k}']:.3f}" for k in (1, 2, 4, 8))
-        + f"  MAP@R {m['map_at_r']:.3f}  (re-ranked: {m['rerank']})"
+        + f"  MAP@R {m['map_at_r']:.3f}  (re-ranked: {m['rerank']}"
+        + ("; queries mirror-averaged)" if m["mirror"] else ")")
     )
     shots = (
         f"{n}-shot {'n/a (too few images)' if acc is None else f'{acc:.3f}'}"

@@ -55,6 +55,7 @@ def evaluate(
     k: int = 5,
     batch_size: int = 32,
     rerank: str = DEFAULT_RERANK,
+    mirror: bool = True,
     dataset: DatasetOptions | None = None,
     progress: ProgressFactory = no_progress,
 ) -> Evaluation:
@@ -67,7 +68,8 @@ def evaluate(
     ones weighted to the share of absent queries the confidence assumes); with the embeddings
     they came from. Recall@K and MAP@R rank the neighbours
     as ``query --rerank`` does (``rerank``); the labels (enrolment, open world) are decided
-    before re-ranking, as a query decides them."""
+    before re-ranking, as a query decides them. With ``mirror`` (as ``query`` by default) each
+    image is asked averaged with its mirror image, the gallery holding it as it is."""
     checked(rerank)
     from retrieval.nets.export import fast_embedder
     from retrieval.nets.model import load_model
@@ -75,23 +77,32 @@ def evaluate(
     scan = (dataset or DatasetOptions()).scan(data_dir)
     loaded = load_model(model)
     embedder, _ = fast_embedder(loaded, scan.records, batch_size=batch_size)
+    mirrored = mirror and not loaded.net.spec.flip
     with progress(len(scan.records), "embedding") as bar:
         result = embedder.embed_paths(
             [r.path for r in scan.records],
             progress=bar.update,
             boxes=[r.box for r in scan.records],
+            mirror=mirrored,
         )
+    asked = result.mirrored
     labels = [scan.records[i].label for i in result.ok]
     if len(set(labels)) < 2:
         raise InputError(f"{data_dir}: evaluation needs at least 2 labels with readable images")
-    metrics: dict[str, Any] = retrieval_metrics(result.vectors, np.array(labels), rerank=rerank)
+    metrics: dict[str, Any] = retrieval_metrics(
+        result.vectors, np.array(labels), rerank=rerank, queries=asked
+    )
     metrics["rerank"] = rerank
+    metrics["mirror"] = mirrored
     metrics["enrollment"] = {
-        str(n): enrollment_accuracy(result.vectors, labels, n, seed=seed, k=k) for n in shots
+        str(n): enrollment_accuracy(result.vectors, labels, n, seed=seed, k=k, queries=asked)
+        for n in shots
     }
     metrics.update(n_images=len(labels), n_classes=len(set(labels)), model=loaded.name)
     paths = [str(scan.records[i].path) for i in result.ok]
-    open_set = open_set_run(result.vectors, labels, *open_set_split(labels, paths, seed=seed), k=k)
+    open_set = open_set_run(
+        result.vectors, labels, *open_set_split(labels, paths, seed=seed), k=k, asked=asked
+    )
     measured = open_set.metrics()
     metrics["ece"] = measured.pop("ece")
     metrics["ece_at_absent_share"] = measured.pop("ece_at_absent_share")

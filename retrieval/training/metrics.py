@@ -43,17 +43,26 @@ def neighbors_leave_one_out(
     return out
 
 
-def reranked_leave_one_out(x: np.ndarray, labels: Sequence[str], k: int, method: str) -> np.ndarray:
+def reranked_leave_one_out(
+    x: np.ndarray,
+    labels: Sequence[str],
+    k: int,
+    method: str,
+    *,
+    queries: np.ndarray | None = None,
+) -> np.ndarray:
     """Indices (n, k) of each row's k best other rows as ``query --rerank method`` ranks them
     in a gallery of all the other rows (with their ``labels``): the shortlist of the index,
-    re-ranked, each row queried on its own and left out of every DBA neighbour list first."""
+    re-ranked, each row queried on its own (as ``queries[i]``, default ``x[i]``) and left out
+    of every DBA neighbour list first."""
+    asked = x if queries is None else queries
     if method == "none":
-        return neighbors_leave_one_out(x, k)
-    cand = neighbors_leave_one_out(x, shortlist(k, method))
+        return neighbors_leave_one_out(x, k, queries=asked)
+    cand = neighbors_leave_one_out(x, shortlist(k, method), queries=asked)
     lists = Lists.of(x, labels) if uses_lists(method) else None
     out = np.empty((len(x), min(k, cand.shape[1])), np.int64)
     for i, row in enumerate(cand):
-        scores = rerank(method, x[i], row, x.__getitem__, lists, without=i)
+        scores = rerank(method, asked[i], row, x.__getitem__, lists, without=i)
         out[i] = row[np.argsort(-scores, kind="stable")[: out.shape[1]]]
     return out
 
@@ -88,12 +97,20 @@ def map_at_r(labels: np.ndarray, nn_labels: np.ndarray) -> float:
 
 
 def retrieval_metrics(
-    x: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8), rerank: str = "none"
+    x: np.ndarray,
+    labels: np.ndarray,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    rerank: str = "none",
+    *,
+    queries: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Leave-one-out Recall@K and MAP@R of embeddings ``x`` (n, d) with ``labels`` (n,), the
-    neighbours re-ranked by ``rerank`` (reranked_leave_one_out)."""
+    """Leave-one-out Recall@K and MAP@R of embeddings ``x`` (n, d) with ``labels`` (n,), each
+    row asked as ``queries[i]`` (default ``x[i]``), the neighbours re-ranked by ``rerank``
+    (reranked_leave_one_out)."""
     _, counts = np.unique(labels, return_counts=True)
-    idx = reranked_leave_one_out(x, labels, max(max(ks), int(counts.max()) - 1), rerank)
+    idx = reranked_leave_one_out(
+        x, labels, max(max(ks), int(counts.max()) - 1), rerank, queries=queries
+    )
     nn_labels = labels[idx]
     out = {f"recall_at_{k}": v for k, v in recall_at_k(labels, nn_labels, ks).items()}
     out["map_at_r"] = map_at_r(labels, nn_labels)
@@ -338,10 +355,15 @@ def open_set_run(
     absent: np.ndarray,
     *,
     k: int = 5,
+    asked: np.ndarray | None = None,
 ) -> OpenSetRun:
     """``OpenSetRun`` of the ``known`` and ``absent`` rows against the ``gallery`` rows, the
-    gallery calibrated from itself alone (retrieval/engine/openset.py, default settings)."""
+    gallery calibrated from itself alone (retrieval/engine/openset.py, default settings). As
+    ``query`` asks them: the label from each query's row of ``asked`` (default ``vectors``;
+    the mirror-averaged rows of a mirrored query), the decision score from its row of
+    ``vectors``."""
     x = np.ascontiguousarray(vectors, np.float32)
+    a = x if asked is None else np.ascontiguousarray(asked, np.float32)
     y = np.asarray(labels, dtype=str)
     g = x[gallery]
     stats = openset.Stats.of(g, list(y[gallery]))
@@ -351,7 +373,8 @@ def open_set_run(
     scorer = openset.Scorer(stats, shape)
     distances = scorer.distances(x[queries])  # each query alone: none helps another
     scores = scorer.score(x[queries], distances)
-    s, rows = openset.knn(x[queries], g, k, np.zeros((len(queries), len(g)), bool))
+    near = distances if asked is None else scorer.distances(a[queries])
+    s, rows = openset.knn(a[queries], g, k, np.zeros((len(queries), len(g)), bool))
     voted = np.array(
         [
             nearest_prototype(
@@ -359,7 +382,7 @@ def open_set_run(
                 scorer.closeness(d),
                 k,
             )
-            for d, sr, ir in zip(distances, s, rows, strict=True)
+            for d, sr, ir in zip(near, s, rows, strict=True)
         ],
         dtype=object,
     )
