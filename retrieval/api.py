@@ -300,8 +300,12 @@ class Retriever:
         )
         distances = state.scorer.distances(vector)
         if vote == "prototype":
-            near = distances if asked is vector else state.scorer.distances(asked)
-            chosen = nearest_prototype(neighbors, state.scorer.closeness(near[0]), k) or p.label
+            closeness = (
+                state.scorer.closeness(distances[0])
+                if asked is vector
+                else state.scorer.closeness_to(asked[0])
+            )
+            chosen = nearest_prototype(neighbors, closeness, k) or p.label
             p = Prediction(chosen, share(neighbors, chosen, k), p.neighbors)
         score = float(state.scorer.score(vector, distances)[0])
         right = state.calibration.confidence(score) if p.neighbors else 0.0

@@ -84,7 +84,12 @@ def test_a_query_is_asked_averaged_with_its_mirror_image(index: Path, tmp_path: 
     assert [n.score for n in listed.neighbors] == [n.score for n in mirrored.neighbors]
     assert mirrored.decision == pytest.approx(plain.decision, abs=1e-6)
     assert mirrored.confidence == pytest.approx(plain.confidence, abs=1e-6)
-    assert max(abs(a.score - b.score) for a, b in zip(mirrored.neighbors, plain.neighbors)) > 1e-4
+    assert (
+        max(
+            abs(a.score - b.score) for a, b in zip(mirrored.neighbors, plain.neighbors, strict=True)
+        )
+        > 1e-4
+    )
 
 
 def test_a_gallery_photo_given_as_bytes_does_not_vote_for_itself(index: Path):

@@ -86,3 +86,19 @@ def test_prototype_rule_measures_nearness_in_the_galleries_within_class_shape():
     assert closeness("zebra") is None
     assert knn_accuracy(gallery, names, query[None], ["a"], k=5) == 1.0
     assert knn_accuracy(gallery, names, query[None], ["a"], k=5, method="weighted") == 1.0
+
+
+def test_closeness_of_one_query_label_by_label_is_the_full_distances():
+    """closeness_to computes only the labels asked for; each equals the row of distances."""
+    rng = np.random.default_rng(4)
+    names = [f"l{i % 7}" for i in range(70)]
+    gallery = rng.normal(size=(70, 16)) + 2 * np.eye(16)[[i % 7 for i in range(70)]]
+    gallery = (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).astype(np.float32)
+    stats = openset.Stats.of(gallery[:-3], names[:-3])  # classes of different sizes
+    scorer = openset.Scorer(stats, openset.Shape.of(stats))
+    for query in gallery[-3:]:
+        full = scorer.closeness(scorer.distances(query[None])[0])
+        one = scorer.closeness_to(query)
+        for label in sorted(set(names)):
+            assert one(label) == pytest.approx(full(label), rel=1e-5, abs=1e-5)
+        assert one("zebra") is None

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from retrieval.config import ModelSpec
-from retrieval.errors import ModelError
 from retrieval.engine.images import load_rgb
+from retrieval.errors import ModelError
 from retrieval.nets.model import fingerprint, load_from_source, load_model, save_model_dir
 
 from .helpers import write_image

@@ -275,6 +275,23 @@ class Scorer:
 
         return of
 
+    def closeness_to(self, query: np.ndarray) -> Closeness:
+        """``closeness`` of one query, each label's distance computed when asked: O(d) a label
+        instead of O(C d) for all, for a query whose label is chosen among a few."""
+        q = np.asarray(query, np.float32).reshape(self.dim)
+        within = self.shape.within
+        qu = q @ within.u
+        own = float(q @ q - (qu * qu * within.w).sum())
+
+        def of(label: str) -> float | None:
+            i = self._code.get(label)
+            if i is None:
+                return None
+            d = (own - 2 * float(q @ self._pm[i]) + float(self._mpm[i])) / within.s
+            return -d / (1 + 1 / float(self.counts[i]))
+
+        return of
+
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """(m, C): the size-corrected Mahalanobis distance of each query to each class mean."""
         q = np.asarray(queries, np.float32).reshape(-1, self.dim)
