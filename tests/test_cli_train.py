@@ -63,6 +63,8 @@ def test_train_flip_gives_a_two_pass_model_that_says_so(gallery: Path, tmp_path:
     info = run("info", "--index", index)
     assert "each image averaged with its mirror image (2 passes)" in info.output
     assert json.loads(run("info", "--index", index, "--json").output)["flip"] is True
+    m = json.loads(run("evaluate", gallery, "--model", out, "--no-mirror", "--json").output)
+    assert m["mirror"] is True  # the network averages each photo with its mirror itself
 
 
 def test_train_bad_settings(gallery: Path, tmp_path: Path):

@@ -93,7 +93,7 @@ def evaluate(
         result.vectors, np.array(labels), rerank=rerank, queries=asked
     )
     metrics["rerank"] = rerank
-    metrics["mirror"] = mirrored
+    metrics["mirror"] = mirror or loaded.net.spec.flip  # asked mirror-averaged, by either
     metrics["enrollment"] = {
         str(n): enrollment_accuracy(result.vectors, labels, n, seed=seed, k=k, queries=asked)
         for n in shots
