@@ -303,7 +303,7 @@ class Retriever:
             closeness = (
                 state.scorer.closeness(distances[0])
                 if asked is vector
-                else state.scorer.closeness_to(asked[0])
+                else state.scorer.closeness_among(asked[0], (n.label for n in neighbors))
             )
             chosen = nearest_prototype(neighbors, closeness, k) or p.label
             p = Prediction(chosen, share(neighbors, chosen, k), p.neighbors)

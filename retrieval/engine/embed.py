@@ -17,6 +17,7 @@ from PIL import Image
 
 from retrieval.config import Preprocess
 from retrieval.engine.images import Box, load_rgb
+from retrieval.engine.rerank import normalise
 from retrieval.engine.transforms import EvalTransform
 from retrieval.errors import ImageError
 
@@ -43,10 +44,7 @@ class EmbedResult:
 def mirror_average(vectors: np.ndarray, mirrors: np.ndarray) -> np.ndarray:
     """Each image's unit vector averaged with its mirror image's, re-normalised: what a network
     trained with ``--flip`` returns in one call, here from a one-pass network's two."""
-    mean = vectors + mirrors
-    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(
-        np.float32
-    )
+    return normalise(vectors + mirrors)
 
 
 class Embedder:

@@ -275,31 +275,32 @@ class Scorer:
 
         return of
 
-    def closeness_to(self, query: np.ndarray) -> Closeness:
-        """``closeness`` of one query, each label's distance computed when asked: O(d) a label
-        instead of O(C d) for all, for a query whose label is chosen among a few."""
-        q = np.asarray(query, np.float32).reshape(self.dim)
-        within = self.shape.within
-        qu = q @ within.u
-        own = float(q @ q - (qu * qu * within.w).sum())
+    def closeness_among(self, query: np.ndarray, labels: Iterable[str]) -> Closeness:
+        """``closeness`` of one query to ``labels`` only (None for any other): their distances
+        alone, O(len(labels) d) instead of O(C d), for a label chosen among a shortlist's."""
+        known = [label for label in dict.fromkeys(labels) if label in self._code]
+        rows = np.array([self._code[label] for label in known], np.int64)
+        near = dict(zip(known, self.distances(query, rows)[0].tolist(), strict=True))
 
         def of(label: str) -> float | None:
-            i = self._code.get(label)
-            if i is None:
-                return None
-            d = (own - 2 * float(q @ self._pm[i]) + float(self._mpm[i])) / within.s
-            return -d / (1 + 1 / float(self.counts[i]))
+            return None if label not in near else -near[label]
 
         return of
 
-    def distances(self, queries: np.ndarray) -> np.ndarray:
-        """(m, C): the size-corrected Mahalanobis distance of each query to each class mean."""
+    def distances(self, queries: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+        """(m, C): the size-corrected Mahalanobis distance of each query to each class mean; to
+        the classes of the indices ``classes`` only, when given (m, len(classes))."""
         q = np.asarray(queries, np.float32).reshape(-1, self.dim)
+        pm, mpm, counts = (
+            (self._pm, self._mpm, self.counts)
+            if classes is None
+            else (self._pm[classes], self._mpm[classes], self.counts[classes])
+        )
         within = self.shape.within
         qu = q @ within.u
         own = (q * q).sum(1) - (qu * qu * within.w).sum(1)
-        d = (own[:, None] - 2 * (q @ self._pm.T) + self._mpm[None]) / within.s
-        return d / (1 + 1 / self.counts)[None]
+        d = (own[:, None] - 2 * (q @ pm.T) + mpm[None]) / within.s
+        return d / (1 + 1 / counts)[None]
 
     def background(self, queries: np.ndarray, mu: np.ndarray | None = None, n: int | None = None):
         q = np.asarray(queries, np.float32).reshape(-1, self.dim)
