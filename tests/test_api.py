@@ -92,6 +92,29 @@ def test_a_query_is_asked_averaged_with_its_mirror_image(index: Path, tmp_path: 
     )
 
 
+def test_evaluate_asks_each_photo_as_query_does(tmp_path: Path):
+    """evaluate's figures are those of each photo asked averaged with its mirror image against
+    the others as they are (and, with mirror=False, as it is): computed here by hand."""
+    from retrieval.nets.model import load_model
+    from retrieval.training.metrics import enrollment_accuracy, retrieval_metrics
+
+    birds = make_gallery(tmp_path / "g", n_classes=5, per_class=12)
+    paths = sorted(str(p.resolve()) for photos in birds.values() for p in photos)
+    labels = [Path(p).parent.name for p in paths]
+    embedded = load_model("tiny").embedder().embed_paths(paths, mirror=True)
+    by_hand = {}
+    for mirror, asked in ((True, embedded.mirrored), (False, None)):
+        m = retrieval_metrics(embedded.vectors, np.array(labels), rerank="dba+qe", queries=asked)
+        m["5"] = enrollment_accuracy(embedded.vectors, labels, 5, queries=asked)
+        by_hand[mirror] = m
+        got = retrieval.evaluate(tmp_path / "g", model="tiny", mirror=mirror).metrics
+        assert got["mirror"] is mirror
+        assert got["recall_at_1"] == pytest.approx(m["recall_at_1"])
+        assert got["map_at_r"] == pytest.approx(m["map_at_r"])
+        assert got["enrollment"]["5"] == pytest.approx(m["5"])
+    assert by_hand[True] != by_hand[False]  # the mirror changes what is measured here
+
+
 def test_a_gallery_photo_given_as_bytes_does_not_vote_for_itself(index: Path):
     own = index.parent / "g" / "red" / "0.png"
     with retrieval.Retriever(index) as r:
